@@ -1,0 +1,162 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { ModelError } from '../errors.js';
+
+/**
+ * The model bundle: a folder with `manifest.json`, `model.onnx` (fp32),
+ * `model.int8.onnx` (static int8, QDQ) and, per variant, the latent means of the
+ * training images (`memory.<variant>.f32`, little-endian float32, count x latentDim)
+ * used for latent-novelty scoring. Everything the runtime needs to score a frame
+ * exactly as `linewatch eval` did is written here.
+ */
+export const MANIFEST_FORMAT = 'linewatch-model';
+export const MANIFEST_FORMAT_VERSION = 1;
+export const MANIFEST_FILE = 'manifest.json';
+
+/** ONNX tensor names shared by export, inference and quantization. */
+export const MODEL_IO = { input: 'image', recon: 'recon', mu: 'mu' } as const;
+
+export const VARIANTS = ['fp32', 'int8'] as const;
+export type Variant = (typeof VARIANTS)[number];
+
+const ZScore = z.object({ mean: z.number(), std: z.number().positive() });
+
+export const ScoringSettingsSchema = z
+  .object({
+    /** recon: structural reconstruction error; latent: kNN distance of mu to the training mus; hybrid: sum of both z-scores. */
+    scorer: z.enum(['recon', 'latent', 'hybrid']).default('recon'),
+    /** Per-pixel error between input and reconstruction. */
+    errorMap: z.enum(['ssim', 'sq']).default('ssim'),
+    ssimWindow: z.number().int().min(3).max(31).default(11),
+    /** Gaussian blur of the error map, sigma in model-input pixels (0 = none). */
+    blurSigma: z.number().min(0).max(16).default(2),
+    pooling: z.enum(['max', 'mean', 'topk']).default('max'),
+    /** Fraction of the map averaged by `topk` pooling. */
+    topkFraction: z.number().gt(0).max(1).default(0.01),
+    /** Pixels ignored at each edge of the error map (reconstructions are worst at borders). */
+    border: z.number().int().min(0).default(2),
+    /** Neighbours averaged for latent novelty. */
+    latentK: z.number().int().min(1).default(1),
+    /** z-score normalisation of each component, measured on held-out normal images. */
+    normalisation: z
+      .object({ recon: ZScore, latent: ZScore })
+      .partial()
+      .default({}),
+  })
+  .strict();
+export type ScoringSettings = z.infer<typeof ScoringSettingsSchema>;
+
+export const CalibrationSchema = z
+  .object({
+    /** Held-out normal images the scores were measured on (never the training images). */
+    heldOut: z.number().int().min(1),
+    targetFpr: z.number().gt(0).lt(1),
+    threshold: z.number(),
+    quantiles: z.object({
+      p50: z.number(),
+      p90: z.number(),
+      p95: z.number(),
+      p99: z.number(),
+      max: z.number(),
+    }),
+    mean: z.number(),
+    std: z.number().min(0),
+  })
+  .strict();
+export type Calibration = z.infer<typeof CalibrationSchema>;
+
+export const ManifestSchema = z
+  .object({
+    format: z.literal(MANIFEST_FORMAT),
+    formatVersion: z.literal(MANIFEST_FORMAT_VERSION),
+    linewatchVersion: z.string(),
+    createdAt: z.string(),
+    input: z
+      .object({
+        width: z.number().int().min(8),
+        height: z.number().int().min(8),
+        channels: z.union([z.literal(1), z.literal(3)]),
+        /** Pixels are divided by 255 into [0,1]; frames are stretched to width x height. */
+        normalisation: z.literal('unit'),
+        resize: z.literal('stretch'),
+      })
+      .strict(),
+    architecture: z
+      .object({
+        name: z.string(),
+        latentDim: z.number().int().min(1),
+        filters: z.array(z.number().int().min(1)),
+        beta: z.number().min(0),
+      })
+      .strict(),
+    files: z
+      .object({
+        fp32: z.string(),
+        int8: z.string().optional(),
+        memory: z.object({ fp32: z.string().optional(), int8: z.string().optional() }).strict().default({}),
+        memoryCount: z.number().int().min(0).default(0),
+      })
+      .strict(),
+    scoring: ScoringSettingsSchema,
+    calibration: z.object({ fp32: CalibrationSchema.optional(), int8: CalibrationSchema.optional() }).strict(),
+    training: z
+      .object({
+        source: z.string(),
+        images: z.number().int().min(0),
+        heldOut: z.number().int().min(0),
+        skipped: z.number().int().min(0).default(0),
+        epochs: z.number().int().min(0),
+        seed: z.number().int(),
+        dataHash: z.string(),
+        durationS: z.number().min(0),
+        finalLoss: z.number().optional(),
+        augmentShift: z.number().int().min(0).default(0),
+      })
+      .strict(),
+  })
+  .strict();
+export type Manifest = z.infer<typeof ManifestSchema>;
+
+/** Read and validate `<dir>/manifest.json`; every problem names the file and how to fix it. */
+export async function readManifest(bundleDir: string): Promise<Manifest> {
+  const file = path.join(bundleDir, MANIFEST_FILE);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (cause) {
+    throw new ModelError(`model bundle ${bundleDir}: cannot read ${file} (${(cause as NodeJS.ErrnoException).code ?? cause})`, {
+      file,
+      hint: 'point --model at a folder written by `linewatch train` (it holds manifest.json and model.onnx)',
+      cause,
+    });
+  }
+  return parseManifest(text, file);
+}
+
+export function parseManifest(text: string, file = MANIFEST_FILE): Manifest {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (cause) {
+    throw new ModelError(`${file} is not valid JSON: ${(cause as Error).message}`, { file, cause });
+  }
+  const head = raw as { format?: unknown; formatVersion?: unknown } | null;
+  if (!head || typeof head !== 'object' || head.format !== MANIFEST_FORMAT) {
+    throw new ModelError(`${file} is not a linewatch model manifest (format is ${JSON.stringify(head?.format)}, expected "${MANIFEST_FORMAT}")`, {
+      file,
+    });
+  }
+  if (head.formatVersion !== MANIFEST_FORMAT_VERSION) {
+    throw new ModelError(
+      `${file} has format version ${JSON.stringify(head.formatVersion)}; this linewatch reads version ${MANIFEST_FORMAT_VERSION}`,
+      { file, hint: 'retrain the model with this linewatch version (`linewatch train`), or use the linewatch release that wrote it' },
+    );
+  }
+  const parsed = ManifestSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `  ${i.path.join('.') || '(root)'}: ${i.message}`).join('\n');
+    throw new ModelError(`${file} is invalid:\n${problems}`, { file });
+  }
+  return parsed.data;
+}
