@@ -1,0 +1,18 @@
+/**
+ * What a loaded model does, independent of the runtime behind it
+ * (only src/model/onnx.ts knows about onnxruntime).
+ */
+export interface ModelOutputs {
+  /** Reconstructions, `count` images of channels x height x width (NCHW), values in [0,1]. */
+  readonly recon: Float32Array;
+  /** Latent means, `count` x latentDim. */
+  readonly mu: Float32Array;
+}
+
+export interface InferenceModel {
+  /** Execution providers actually in use, in order (e.g. ['cpu']). */
+  readonly providers: readonly string[];
+  /** Runs `count` images packed NCHW in `input` (float32, [0,1]). */
+  run(input: Float32Array, count: number): Promise<ModelOutputs>;
+  dispose(): Promise<void>;
+}
