@@ -1,0 +1,93 @@
+import { spawn } from 'node:child_process';
+import { UsageError } from '../errors.js';
+import { fromInterleavedBytes, type ImageTensor } from '../image/tensor.js';
+
+export interface DecodeOptions {
+  width: number;
+  height: number;
+  channels: 1 | 3;
+  /** Seconds from the start of the stream. */
+  start?: number;
+  /** Seconds to decode; the whole stream when absent (refused for live streams). */
+  duration?: number;
+  /** Frames per second to sample. */
+  fps: number;
+  ffmpegPath?: string;
+  signal?: AbortSignal;
+}
+
+const LIVE_STREAM = /^(rtsps?|rtmp|https?|udp|tcp):\/\//i;
+
+/**
+ * Decode a bounded stretch of a video file or stream into model-sized frames, for
+ * training. ffmpeg does the sampling and scaling so Node only sees small frames.
+ */
+export async function decodeVideoFrames(url: string, options: DecodeOptions): Promise<ImageTensor[]> {
+  const live = LIVE_STREAM.test(url);
+  if (live && options.duration === undefined) {
+    throw new UsageError(`${url} is a live stream: say how much of it to learn from`, { hint: 'add --duration <seconds>' });
+  }
+  const args = ['-hide_banner', '-nostdin', '-loglevel', 'error'];
+  if (/^rtsps?:\/\//i.test(url)) args.push('-rtsp_transport', 'tcp', '-timeout', '10000000');
+  // Input-side seek is exact when decoding a file; a live stream cannot seek, so it skips by decoding.
+  if (options.start && !live) args.push('-ss', String(options.start));
+  args.push('-i', url);
+  if (options.start && live) args.push('-ss', String(options.start));
+  if (options.duration !== undefined) args.push('-t', String(options.duration));
+  const pixelFormat = options.channels === 1 ? 'gray' : 'rgb24';
+  args.push(
+    '-an',
+    '-vf',
+    `fps=${options.fps},scale=${options.width}:${options.height}:flags=area`,
+    '-pix_fmt',
+    pixelFormat,
+    '-f',
+    'rawvideo',
+    'pipe:1',
+  );
+
+  const frameBytes = options.width * options.height * options.channels;
+  const child = spawn(options.ffmpegPath ?? 'ffmpeg', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const onAbort = () => child.kill('SIGTERM');
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+
+  const frames: ImageTensor[] = [];
+  let pending = Buffer.alloc(0);
+  child.stdout.on('data', (chunk: Buffer) => {
+    pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+    while (pending.length >= frameBytes) {
+      frames.push(fromInterleavedBytes(pending.subarray(0, frameBytes), options.width, options.height, options.channels));
+      pending = pending.subarray(frameBytes);
+    }
+  });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderr = (stderr + chunk.toString()).slice(-4000);
+  });
+
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.on('error', (error: NodeJS.ErrnoException) => {
+      reject(
+        error.code === 'ENOENT'
+          ? new UsageError(`ffmpeg not found at "${options.ffmpegPath ?? 'ffmpeg'}"`, {
+              hint: 'install it (apt-get install ffmpeg) or pass its path',
+            })
+          : error,
+      );
+    });
+    child.on('close', resolve);
+  }).finally(() => options.signal?.removeEventListener('abort', onAbort));
+
+  options.signal?.throwIfAborted();
+  if (frames.length === 0) {
+    const reason = stderr.trim().split('\n').slice(-3).join(' / ') || `ffmpeg exited with code ${code}`;
+    throw new UsageError(`cannot read frames from ${scrubCredentials(url)}: ${scrubCredentials(reason)}`, {
+      hint: 'check the path or URL, and that --start lies within the video',
+    });
+  }
+  return frames;
+}
+
+function scrubCredentials(text: string): string {
+  return text.replace(/(\w+:\/\/)[^/@\s]+@/g, '$1***@');
+}
