@@ -16,7 +16,7 @@ export class LinewatchError extends Error {
 
 /** Invalid user input: bad flags, bad config, missing files. Exit code 2. */
 export class UsageError extends LinewatchError {
-  override readonly name = 'UsageError';
+  override readonly name: string = 'UsageError';
   constructor(message: string, options: { hint?: string; cause?: unknown } = {}) {
     super(message, { ...options, exitCode: 2 });
   }
@@ -24,7 +24,7 @@ export class UsageError extends LinewatchError {
 
 /** A model bundle that cannot be used: missing, truncated, foreign or of another format version. */
 export class ModelError extends LinewatchError {
-  override readonly name = 'ModelError';
+  override readonly name: string = 'ModelError';
   readonly file?: string;
   constructor(message: string, options: { file?: string; hint?: string; cause?: unknown } = {}) {
     super(message, { ...options, exitCode: 2 });

@@ -1,6 +1,13 @@
 import type { Command } from 'commander';
+import { registerEval } from './eval.js';
+import { registerRun } from './run.js';
+import { registerTrain } from './train.js';
+import { registerValidateConfig } from './validate-config.js';
 
 /** Every CLI command, in the order `--help` lists them. */
 export function registerCommands(program: Command): void {
-  void program;
+  registerRun(program);
+  registerValidateConfig(program);
+  registerTrain(program);
+  registerEval(program);
 }

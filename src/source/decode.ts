@@ -52,7 +52,7 @@ export async function decodeVideoFrames(url: string, options: DecodeOptions): Pr
   options.signal?.addEventListener('abort', onAbort, { once: true });
 
   const frames: ImageTensor[] = [];
-  let pending = Buffer.alloc(0);
+  let pending: Buffer = Buffer.alloc(0);
   child.stdout.on('data', (chunk: Buffer) => {
     pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
     while (pending.length >= frameBytes) {

@@ -1,0 +1,159 @@
+import cliProgress from 'cli-progress';
+import { Command, Option } from 'commander';
+import { LinewatchError } from '../errors.js';
+import { trainBundle } from '../train/pipeline.js';
+import { parseChannels, parseInteger, parseIntegerList, parseNumber, parseSize } from './options.js';
+
+interface TrainFlags {
+  images?: string;
+  root?: string;
+  video?: string;
+  start?: number;
+  duration?: number;
+  fps: number;
+  size: { width: number; height: number };
+  channels: 1 | 3;
+  epochs?: number;
+  seed: number;
+  valFraction: number;
+  out: string;
+  force: boolean;
+  scorer?: 'recon' | 'latent' | 'hybrid';
+  targetFpr: number;
+  latent: number;
+  filters: number[];
+  beta: number;
+  batchSize: number;
+  augmentShift?: number;
+  int8: boolean;
+  ffmpeg: string;
+}
+
+export function registerTrain(program: Command): void {
+  program
+    .command('train')
+    .description('train a VAE on normal images or video frames and write a model bundle (fp32 + int8 ONNX, calibration)')
+    .option('--images <dir|list>', 'folder of normal images, or a file listing them one per line')
+    .option('--root <dir>', 'folder that relative paths in a list file start from')
+    .option('--video <file|url>', 'video file or stream (rtsp://...) showing the normal scene')
+    .option('--start <s>', 'video: seconds to skip', parseNumber)
+    .option('--duration <s>', 'video: seconds to learn from', parseNumber)
+    .option('--fps <n>', 'video: frames per second to sample', parseNumber, 10)
+    .option('--size <N|WxH>', 'model input size, a multiple of 8', parseSize, { width: 64, height: 64 })
+    .option('--channels <1|3>', '1 = grey, 3 = RGB', parseChannels, 1 as const)
+    .option('--epochs <n>', 'passes over the training images (default: enough for ~6000 images, at least 25)', parseInteger)
+    .option('--seed <n>', 'random seed: the same seed and data give the same model', parseInteger, 1)
+    .option('--val-fraction <f>', 'share of images held out to calibrate the threshold', parseNumber, 0.1)
+    .requiredOption('--out <dir>', 'bundle folder to write')
+    .option('--force', 'replace an existing bundle folder', false)
+    .addOption(
+      new Option('--scorer <name>', 'frame score: recon (structural reconstruction error), latent (novelty of the latent code), hybrid (both). Default: latent for --images, recon for --video').choices([
+        'recon',
+        'latent',
+        'hybrid',
+      ]),
+    )
+    .option('--target-fpr <f>', 'false-positive rate on held-out normal images that sets the threshold', parseNumber, 0.005)
+    .option('--latent <n>', 'latent size', parseInteger, 64)
+    .option('--filters <list>', 'encoder channels per level', parseIntegerList, [16, 32, 64])
+    .option('--beta <f>', 'weight of the KL term', parseNumber, 0.1)
+    .option('--batch-size <n>', 'images per training step', parseInteger, 32)
+    .option('--augment-shift <px>', 'random +-px shifts while training (default: 3 for --video, 0 for --images)', parseInteger)
+    .option('--no-int8', 'skip the int8 model')
+    .option('--ffmpeg <path>', 'ffmpeg binary', 'ffmpeg')
+    .action(async (flags: TrainFlags) => {
+      const fromVideo = Boolean(flags.video);
+      const controller = new AbortController();
+      const onSignal = () => {
+        process.stderr.write('\nlinewatch train: interrupted, nothing was written\n');
+        controller.abort();
+      };
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      const progress = epochProgress();
+      try {
+        const { manifest, dir } = await trainBundle({
+          images: flags.images,
+          root: flags.root,
+          video: flags.video,
+          start: flags.start,
+          duration: flags.duration,
+          fps: flags.fps,
+          width: flags.size.width,
+          height: flags.size.height,
+          channels: flags.channels,
+          filters: flags.filters,
+          latentDim: flags.latent,
+          beta: flags.beta,
+          epochs: flags.epochs,
+          batchSize: flags.batchSize,
+          seed: flags.seed,
+          valFraction: flags.valFraction,
+          augmentShift: flags.augmentShift ?? (fromVideo ? 3 : 0),
+          // Streams see scene-level changes, which the reconstruction shows and which end when the scene
+          // is restored; image sets of textures are better separated by latent nearest-neighbour distance.
+          scoring: { scorer: flags.scorer ?? (fromVideo ? 'recon' : 'latent') },
+          targetFpr: flags.targetFpr,
+          int8: flags.int8,
+          out: flags.out,
+          force: flags.force,
+          ffmpegPath: flags.ffmpeg,
+          log: (line) => progress.log(line),
+          onEpoch: (info) => progress.epoch(info),
+          signal: controller.signal,
+        });
+        progress.stop();
+        const { calibration, training } = manifest;
+        console.log(`wrote ${dir}: ${training.images} training images, ${training.epochs} epochs in ${training.durationS} s`);
+        for (const variant of ['fp32', 'int8'] as const) {
+          const c = calibration[variant];
+          if (c) {
+            console.log(
+              `  ${variant}: threshold ${c.threshold.toFixed(4)} for ${(c.targetFpr * 100).toFixed(2)}% false positives` +
+                ` (held-out normal scores: median ${c.quantiles.p50.toFixed(4)}, p99 ${c.quantiles.p99.toFixed(4)}, max ${c.quantiles.max.toFixed(4)})`,
+            );
+          }
+        }
+      } catch (error) {
+        progress.stop();
+        if (controller.signal.aborted) throw new LinewatchError('training interrupted; no bundle was written', { exitCode: 130 });
+        throw error;
+      } finally {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+      }
+    });
+}
+
+/** A progress bar on a terminal, one plain line per epoch otherwise (logs, CI). */
+function epochProgress() {
+  const tty = Boolean(process.stderr.isTTY);
+  let bar: cliProgress.SingleBar | undefined;
+  return {
+    log(line: string) {
+      this.stop();
+      console.error(line);
+    },
+    epoch(info: { epoch: number; epochs: number; loss: number; reconLoss: number; kl: number; seconds: number }) {
+      const eta = Math.round(info.seconds * (info.epochs - info.epoch));
+      if (!tty) {
+        console.error(
+          `epoch ${info.epoch}/${info.epochs} loss ${info.loss.toFixed(5)} (recon ${info.reconLoss.toFixed(5)}, kl ${info.kl.toFixed(5)}) ${info.seconds.toFixed(1)} s, ETA ${eta} s`,
+        );
+        return;
+      }
+      if (!bar) {
+        bar = new cliProgress.SingleBar(
+          { format: 'epoch {value}/{total} [{bar}] loss {loss} | {seconds} s/epoch | ETA {etaText}', stream: process.stderr, hideCursor: true },
+          cliProgress.Presets.shades_classic,
+        );
+        bar.start(info.epochs, 0, { loss: '-', seconds: '-', etaText: '-' });
+      }
+      bar.update(info.epoch, { loss: info.loss.toFixed(5), seconds: info.seconds.toFixed(1), etaText: `${eta} s` });
+    },
+    stop() {
+      bar?.stop();
+      bar = undefined;
+    },
+  };
+}

@@ -1,0 +1,388 @@
+import { z } from 'zod';
+
+/**
+ * The agent's configuration file (YAML), as a zod schema. Every default lives
+ * here (`.default(...)`), every object is strict (unknown keys are errors, so a
+ * typo never silently falls back to a default), and `schemas/config.schema.json`
+ * is generated from it (see json-schema.ts) so editors can complete and check
+ * the file.
+ *
+ * Conventions the loader (load.ts) applies before validation:
+ * - `${VAR}` and `${VAR:-default}` in string values come from the environment.
+ * - A key ending in `File` (e.g. `mqtt.passwordFile`) names a file whose trimmed
+ *   content becomes the value of the key without the suffix (`mqtt.password`).
+ * - A file path may be `{ credential: name }` or start with
+ *   `$CREDENTIALS_DIRECTORY/`: both resolve under systemd's credentials folder.
+ * - Relative paths resolve against the working directory.
+ */
+
+/** Names allowed in MQTT topics and Home Assistant object ids. */
+const TOPIC_SAFE = /^[A-Za-z0-9_-]+$/;
+export const CAMERA_NAME = /^[a-z0-9_-]+$/;
+
+/** Execution providers a camera may ask for, in onnxruntime's naming (the model loader maps and checks availability). */
+export const EXECUTION_PROVIDERS = [
+  'cpu',
+  'cuda',
+  'tensorrt',
+  'openvino',
+  'coreml',
+  'dml',
+  'xnnpack',
+  'rocm',
+  'migraphx',
+  'qnn',
+  'webgpu',
+] as const;
+export type ExecutionProvider = (typeof EXECUTION_PROVIDERS)[number];
+
+export const HWACCELS = ['none', 'nvidia', 'jetson', 'vaapi'] as const;
+export type Hwaccel = (typeof HWACCELS)[number];
+
+export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** A systemd credential name (LoadCredential=name:...): one path segment. */
+const CredentialRefSchema = z
+  .object({
+    credential: z
+      .string()
+      .regex(/^[A-Za-z0-9_.@-]+$/, 'a credential name is one path segment: letters, digits, . _ @ -')
+      .describe('Name of a systemd credential (LoadCredential=/SetCredential=); read from $CREDENTIALS_DIRECTORY/<name>.'),
+  })
+  .strict();
+
+/** A file path, or a systemd credential by name. The loader turns both into an absolute path. */
+export const FileRefSchema = z.union([z.string().min(1), CredentialRefSchema]);
+export type FileRef = z.infer<typeof FileRefSchema>;
+
+const fraction = () => z.number().min(0).max(1);
+
+// ---------------------------------------------------------------- per camera
+
+const BackoffSchema = z
+  .object({
+    initialS: z.number().positive().default(1).describe('First wait before restarting ffmpeg after a failure, in seconds.'),
+    maxS: z.number().positive().default(60).describe('Longest wait between restarts; the wait doubles up to this.'),
+  })
+  .strict()
+  .superRefine((backoff, ctx) => {
+    if (backoff.initialS > backoff.maxS) {
+      ctx.addIssue({ code: 'custom', path: ['initialS'], message: `must not exceed maxS (${backoff.maxS})` });
+    }
+  });
+
+/** Region of interest, as fractions of the source frame (so it survives a resolution change). */
+const CropSchema = z
+  .object({
+    x: fraction().describe('Left edge, fraction of the frame width (0..1).'),
+    y: fraction().describe('Top edge, fraction of the frame height (0..1).'),
+    width: z.number().gt(0).max(1).describe('Fraction of the frame width (0..1].'),
+    height: z.number().gt(0).max(1).describe('Fraction of the frame height (0..1].'),
+  })
+  .strict()
+  .superRefine((crop, ctx) => {
+    if (crop.x + crop.width > 1 + 1e-9) ctx.addIssue({ code: 'custom', path: ['width'], message: 'x + width must not exceed 1' });
+    if (crop.y + crop.height > 1 + 1e-9) ctx.addIssue({ code: 'custom', path: ['height'], message: 'y + height must not exceed 1' });
+  })
+  .describe('Analyse only this part of the frame; fractions of the full source frame, applied in ffmpeg before scaling.');
+
+const PointSchema = z.tuple([fraction(), fraction()]).describe('[x, y] as fractions of the full source frame (0..1).');
+const PolygonSchema = z.array(PointSchema).min(3, 'a polygon needs at least 3 points');
+
+const PreviewSchema = z
+  .object({
+    enabled: z.boolean().default(false).describe('Also emit low-rate JPEG previews (for the web page).'),
+    fps: z.number().positive().max(30).default(1),
+    width: z.number().int().min(16).max(3840).default(640).describe('Preview width in pixels; height keeps the aspect ratio.'),
+  })
+  .strict();
+
+export const THRESHOLD_MODES = ['manifest', 'absolute', 'fpr'] as const;
+export type ThresholdMode = (typeof THRESHOLD_MODES)[number];
+
+const ThresholdSchema = z
+  .object({
+    mode: z
+      .enum(THRESHOLD_MODES)
+      .default('manifest')
+      .describe(
+        "manifest: the model bundle's calibrated threshold; absolute: `value` is the score threshold; fpr: `value` is the target false-positive rate, looked up in the bundle's calibration quantiles.",
+      ),
+    value: z.number().optional().describe('Score (mode absolute) or false-positive rate in (0, 1) (mode fpr); unused for manifest.'),
+  })
+  .strict()
+  .superRefine((threshold, ctx) => {
+    if (threshold.mode === 'manifest' && threshold.value !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['value'], message: 'mode manifest takes no value (use mode absolute or fpr)' });
+    }
+    if (threshold.mode !== 'manifest' && threshold.value === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['value'], message: `mode ${threshold.mode} needs a value` });
+    }
+    if (threshold.mode === 'fpr' && threshold.value !== undefined && !(threshold.value > 0 && threshold.value < 1)) {
+      ctx.addIssue({ code: 'custom', path: ['value'], message: 'a false-positive rate must be between 0 and 1 (exclusive), e.g. 0.01' });
+    }
+  });
+
+export const DebounceSchema = z
+  .object({
+    k: z.number().int().min(1).default(3).describe('An event starts when k of the last n frames score above the threshold.'),
+    n: z.number().int().min(1).max(1000).default(5).describe('Window of the k-of-n rule, in frames.'),
+    endFrames: z
+      .number()
+      .int()
+      .min(1)
+      .default(10)
+      .describe('An event ends after this many consecutive frames below the lower (hysteresis) threshold.'),
+    hysteresis: z
+      .number()
+      .gt(0)
+      .max(1)
+      .default(0.8)
+      .describe('Lower threshold as a fraction of the threshold (0.8 = 80%); frames between the two neither start nor end an event.'),
+    minDurationMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(1000)
+      .describe('An event lasts at least this long: a recovery sooner than this is deferred, never suppressed.'),
+    cooldownMs: z.number().int().min(0).default(2000).describe('After an event recovers, frames are ignored for this long before a new one may start.'),
+    updateIntervalMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(1000)
+      .describe('Least time between messages of one event; an update is sent only when the peak score has risen.'),
+    maxDurationMs: z
+      .number()
+      .int()
+      .positive()
+      .optional()
+      .describe('End an event that lasts this long (reason max-duration); a new one starts if the anomaly persists. Unset: no limit.'),
+  })
+  .strict()
+  .superRefine((debounce, ctx) => {
+    if (debounce.k > debounce.n) ctx.addIssue({ code: 'custom', path: ['k'], message: `must not exceed n (${debounce.n})` });
+    if (debounce.maxDurationMs !== undefined && debounce.maxDurationMs < debounce.minDurationMs) {
+      ctx.addIssue({ code: 'custom', path: ['maxDurationMs'], message: `must not be below minDurationMs (${debounce.minDurationMs})` });
+    }
+  });
+export type DebounceSettings = z.infer<typeof DebounceSchema>;
+
+const SnapshotsSchema = z
+  .object({
+    enabled: z.boolean().default(true).describe("Write a JPEG of each event's peak frame (with its box) under dataDir/snapshots."),
+    retain: z.number().int().min(1).default(100).describe('Snapshots kept per camera; the oldest are deleted.'),
+  })
+  .strict();
+
+/**
+ * Everything a camera can set. `defaults:` uses this schema as is; each camera
+ * may override any part of it (objects merge deeply, arrays replace).
+ */
+export const CameraSettingsSchema = z
+  .object({
+    model: z.string().min(1).optional().describe('Model bundle folder (holds manifest.json), e.g. models/demo.'),
+    variant: z.enum(['fp32', 'int8']).default('int8').describe('Which ONNX model of the bundle to run.'),
+    providers: z
+      .array(z.enum(EXECUTION_PROVIDERS))
+      .min(1)
+      .default(['cpu'])
+      .describe('Execution providers in order of preference; unavailable ones fall back to the next, cpu last.'),
+    threads: z.number().int().min(1).max(64).default(1).describe('Intra-op threads of the inference session.'),
+    fps: z.number().positive().max(120).default(10).describe('Analysis rate: frames per second scored (ffmpeg drops the rest).'),
+    transport: z.enum(['tcp', 'udp']).default('tcp').describe('RTSP transport.'),
+    socketTimeoutS: z.number().positive().default(5).describe('Network read timeout for ffmpeg (RTSP/HTTP), seconds.'),
+    stallTimeoutS: z.number().positive().default(10).describe('Restart ffmpeg when no frame arrived for this long, seconds.'),
+    backoff: BackoffSchema.prefault({}),
+    hwaccel: z.enum(HWACCELS).default('none').describe('Hardware video decoding.'),
+    inputArgs: z.array(z.string()).default([]).describe('Extra ffmpeg arguments placed before -i.'),
+    outputArgs: z.array(z.string()).default([]).describe('Extra ffmpeg arguments placed after -i (before the raw-frame output).'),
+    crop: CropSchema.optional(),
+    loop: z.boolean().default(false).describe('Files only: start again at the end.'),
+    realtime: z.boolean().default(false).describe('Files only: decode at native speed (like a live camera) instead of as fast as possible.'),
+    queueSize: z
+      .number()
+      .int()
+      .min(1)
+      .max(1000)
+      .default(2)
+      .describe('Frames waiting for inference; when full the oldest is dropped (and counted), never buffered without bound.'),
+    preview: PreviewSchema.prefault({}),
+    threshold: ThresholdSchema.prefault({}),
+    ignore: z
+      .array(PolygonSchema)
+      .default([])
+      .describe('Polygons whose pixels never count towards the score; points are [x, y] fractions (0..1) of the full source frame, before crop.'),
+    debounce: DebounceSchema.prefault({}),
+    snapshots: SnapshotsSchema.prefault({}),
+    scorePublish: z.boolean().optional().describe("Publish this camera's per-frame scores; unset: mqtt.scoreTopic.enabled."),
+  })
+  .strict();
+export type CameraSettings = z.infer<typeof CameraSettingsSchema>;
+
+/** Same fields as CameraSettingsSchema, all optional and without defaults: what a camera entry may override. */
+const CameraOverridesShape = deepPartialWithoutDefaults(CameraSettingsSchema).shape;
+
+export const CameraEntrySchema = z
+  .object({
+    name: z
+      .string()
+      .regex(CAMERA_NAME, 'use lowercase letters, digits, _ and - (it becomes an MQTT topic level)')
+      .describe('Unique camera name; part of MQTT topics.'),
+    url: z
+      .string()
+      .min(1)
+      .describe('rtsp:// or rtsps:// or http(s):// stream, a video file path, or a V4L2 device (/dev/videoN).'),
+    ...CameraOverridesShape,
+  })
+  .strict();
+export type CameraEntry = z.infer<typeof CameraEntrySchema>;
+
+/** A camera after merging defaults and overrides: what validation of the merged result checks. */
+export const MergedCameraSchema = CameraSettingsSchema.extend({
+  model: z.string({ error: 'no model: set it on the camera or in defaults.model' }).min(1),
+});
+
+// ---------------------------------------------------------------- global
+
+const TlsSchema = z
+  .object({
+    ca: FileRefSchema.optional().describe('CA certificate (PEM) to trust for the broker.'),
+    cert: FileRefSchema.optional().describe('Client certificate (PEM) for mutual TLS.'),
+    key: FileRefSchema.optional().describe('Client private key (PEM) for mutual TLS.'),
+    rejectUnauthorized: z.boolean().default(true).describe('Refuse brokers whose certificate does not verify. Turn off only for testing.'),
+  })
+  .strict()
+  .superRefine((tls, ctx) => {
+    if ((tls.cert === undefined) !== (tls.key === undefined)) {
+      ctx.addIssue({ code: 'custom', path: [tls.cert === undefined ? 'cert' : 'key'], message: 'cert and key go together' });
+    }
+  });
+
+const BROKER_SCHEMES = ['mqtt:', 'mqtts:', 'tcp:', 'tls:', 'ssl:', 'ws:', 'wss:'];
+const SECURE_BROKER = /^(mqtts|tls|ssl|wss):/i;
+
+function isBrokerUrl(url: string): boolean {
+  try {
+    const parsed = new URL(url);
+    return BROKER_SCHEMES.includes(parsed.protocol) && parsed.hostname !== '';
+  } catch {
+    return false;
+  }
+}
+
+export const MqttSchema = z
+  .object({
+    url: z
+      .string()
+      .refine(isBrokerUrl, 'not a broker URL: use mqtt://host[:port], mqtts://, ws:// or wss://')
+      .optional()
+      .describe('Broker URL (mqtt://, mqtts://, ws://, wss://). Unset: the agent runs an embedded broker (see embeddedBroker).'),
+    embeddedBroker: z
+      .object({
+        host: z.string().min(1).default('127.0.0.1'),
+        port: z.number().int().min(1).max(65535).default(1883),
+      })
+      .strict()
+      .prefault({})
+      .describe('Where the embedded broker listens when mqtt.url is unset.'),
+    clientId: z.string().min(1).optional().describe('MQTT client id. Unset: linewatch-<deviceId>.'),
+    username: z.string().optional(),
+    usernameFile: FileRefSchema.optional().describe('File holding the username (instead of username).'),
+    password: z.string().optional(),
+    passwordFile: FileRefSchema.optional().describe('File holding the password (instead of password), e.g. { credential: mqtt-password }.'),
+    protocolVersion: z.union([z.literal(4), z.literal(5)]).default(4).describe('4 = MQTT 3.1.1, 5 = MQTT 5.'),
+    tls: TlsSchema.optional(),
+    baseTopic: z
+      .string()
+      .regex(/^[^#+]+$/, 'must not contain MQTT wildcards (+ or #)')
+      .refine((topic) => !topic.startsWith('/') && !topic.endsWith('/'), 'must not start or end with /')
+      .optional()
+      .describe('Prefix of every topic. Unset: linewatch/<deviceId>.'),
+    scoreTopic: z
+      .object({
+        enabled: z.boolean().default(false).describe('Publish per-frame scores (cameras may override with scorePublish).'),
+        maxRateHz: z.number().positive().max(100).default(2).describe('Most score messages per second and camera.'),
+      })
+      .strict()
+      .prefault({}),
+    statsIntervalS: z.number().positive().default(60).describe('Seconds between stats messages.'),
+    keepaliveS: z.number().int().min(0).max(65535).default(30),
+  })
+  .strict()
+  .superRefine(
+    (mqtt, ctx) => {
+      for (const secret of ['username', 'password'] as const) {
+        if (mqtt[secret] !== undefined && mqtt[`${secret}File`] !== undefined) {
+          ctx.addIssue({ code: 'custom', path: [`${secret}File`], message: `set ${secret} or ${secret}File, not both` });
+        }
+      }
+      if (mqtt.tls !== undefined && !(typeof mqtt.url === 'string' && SECURE_BROKER.test(mqtt.url))) {
+        ctx.addIssue({ code: 'custom', path: ['tls'], message: 'TLS settings need a TLS broker URL: set mqtt.url to mqtts://... or wss://...' });
+      }
+    },
+    // These checks only look at presence, so they hold even when other mqtt fields are invalid: report them in the same pass.
+    { when: () => true },
+  );
+
+export const ConfigFileSchema = z
+  .object({
+    deviceId: z
+      .string()
+      .regex(TOPIC_SAFE, 'use letters, digits, _ and - (it becomes an MQTT topic level)')
+      .optional()
+      .describe("This device's id in MQTT topics. Unset: the hostname, with other characters replaced by -."),
+    dataDir: z.string().min(1).default('./data').describe('Folder for snapshots and the MQTT outbox.'),
+    log: z
+      .object({ level: z.enum(LOG_LEVELS).default('info') })
+      .strict()
+      .prefault({}),
+    mqtt: MqttSchema.prefault({}),
+    ffmpeg: z
+      .object({ path: z.string().min(1).default('ffmpeg').describe('ffmpeg executable (name on PATH or a path).') })
+      .strict()
+      .prefault({}),
+    health: z
+      .object({
+        enabled: z.boolean().default(true).describe('Serve /healthz, /metrics and the status page.'),
+        host: z.string().min(1).default('127.0.0.1'),
+        port: z.number().int().min(1).max(65535).default(9464),
+      })
+      .strict()
+      .prefault({}),
+    defaults: CameraSettingsSchema.prefault({}).describe('Settings every camera starts from; a camera overrides any part of them.'),
+    cameras: z.array(CameraEntrySchema).min(1, 'configure at least one camera'),
+  })
+  .strict();
+/** The file as validated, before the loader fills derived values. */
+export type ConfigFile = z.infer<typeof ConfigFileSchema>;
+
+type DeepPartial<T> = T extends readonly unknown[] ? T : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> } : T;
+
+/**
+ * The override form of a settings object: every field optional, no defaults
+ * (so an absent field inherits instead of resetting), nested objects likewise,
+ * and without cross-field checks (those run on the merged camera). Descriptions
+ * are kept for the JSON Schema.
+ */
+function deepPartialWithoutDefaults<Shape extends z.ZodRawShape>(
+  schema: z.ZodObject<Shape>,
+): z.ZodObject<{ [K in keyof Shape]: z.ZodOptional<z.ZodType<DeepPartial<z.output<Shape[K]>>>> }> {
+  const shape: Record<string, z.ZodType> = {};
+  for (const [key, field] of Object.entries(schema.shape)) {
+    shape[key] = overridable(field as z.ZodType).optional();
+  }
+  return z.object(shape).strict() as never;
+}
+
+function overridable(field: z.ZodType): z.ZodType {
+  const description = field.description;
+  let inner: z.ZodType = field;
+  while (inner instanceof z.ZodDefault || inner instanceof z.ZodPrefault || inner instanceof z.ZodOptional) {
+    inner = inner.unwrap() as z.ZodType;
+  }
+  if (inner instanceof z.ZodObject) inner = deepPartialWithoutDefaults(inner);
+  const partial = inner.description ?? description;
+  return partial === undefined ? inner : inner.describe(partial);
+}

@@ -1,0 +1,39 @@
+import type { ImageTensor } from '../image/tensor.js';
+import type { InferenceModel } from './types.js';
+
+export interface ImageOutputs {
+  recon: Float32Array[];
+  mu: Float32Array[];
+  /** Wall-clock milliseconds spent in the model, all batches together. */
+  inferenceMs: number;
+}
+
+/** Pack images into NCHW batches, run them, and split the outputs back per image. */
+export async function inferImages(model: InferenceModel, images: readonly ImageTensor[], batchSize = 16): Promise<ImageOutputs> {
+  const recon: Float32Array[] = [];
+  const mu: Float32Array[] = [];
+  let inferenceMs = 0;
+  for (let start = 0; start < images.length; start += batchSize) {
+    const batch = images.slice(start, start + batchSize);
+    const size = batch[0]!.data.length;
+    const input = new Float32Array(size * batch.length);
+    batch.forEach((image, i) => input.set(image.data, i * size));
+    const began = performance.now();
+    const out = await model.run(input, batch.length);
+    inferenceMs += performance.now() - began;
+    const latentDim = out.mu.length / batch.length;
+    for (let i = 0; i < batch.length; i++) {
+      recon.push(out.recon.slice(i * size, (i + 1) * size));
+      mu.push(out.mu.slice(i * latentDim, (i + 1) * latentDim));
+    }
+  }
+  return { recon, mu, inferenceMs };
+}
+
+/** Rows of a count x dim matrix, packed. */
+export function packRows(rows: readonly Float32Array[]): Float32Array {
+  const dim = rows[0]?.length ?? 0;
+  const packed = new Float32Array(rows.length * dim);
+  rows.forEach((row, i) => packed.set(row, i * dim));
+  return packed;
+}

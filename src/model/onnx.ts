@@ -1,0 +1,340 @@
+/**
+ * The only module that talks to onnxruntime. Everything else sees an
+ * `InferenceModel`, so a different runtime would replace this one file.
+ */
+import { readFile } from 'node:fs/promises';
+import ort from 'onnxruntime-node';
+import onnxProto from 'onnx-proto';
+import { ModelError, UsageError } from '../errors.js';
+import { MODEL_IO } from './manifest.js';
+import type { InferenceModel, ModelOutputs } from './types.js';
+
+const { onnx } = onnxProto;
+
+/**
+ * linewatch provider names -> onnxruntime execution providers. Several names may
+ * mean the same provider (`directml` is `dml`). Whether a provider can actually
+ * start depends on the platform and the onnxruntime-node build; the ones it
+ * cannot start fall back to the next, and finally to the CPU.
+ */
+export const PROVIDERS: Readonly<Record<string, string>> = Object.freeze({
+  cpu: 'cpu',
+  cuda: 'cuda',
+  tensorrt: 'tensorrt',
+  openvino: 'openvino',
+  coreml: 'coreml',
+  dml: 'dml',
+  directml: 'dml',
+  webgpu: 'webgpu',
+  qnn: 'qnn',
+  xnnpack: 'xnnpack',
+});
+
+export interface OnnxModelOptions {
+  /** Tried in order; the CPU is always the last resort. Default ['cpu']. */
+  providers?: readonly string[];
+  /** Threads for one operator (intra-op). Default: onnxruntime's choice (one per physical core). */
+  threads?: number;
+  /** Threads across independent operators (inter-op); only matters for parallel graphs. */
+  interOpThreads?: number;
+  /** Where provider fallbacks are reported. Default: console.warn. */
+  log?: (message: string) => void;
+  /** Write the graph as onnxruntime optimised it (to see which nodes stay float). */
+  optimizedModelPath?: string;
+  /** Name used in error messages for models loaded from memory. */
+  name?: string;
+}
+
+export interface InputShape {
+  readonly channels: number;
+  readonly height: number;
+  readonly width: number;
+}
+
+/** Resolve user-facing provider names into onnxruntime names; unknown names are a usage error. */
+export function resolveProviders(names: readonly string[] = ['cpu']): string[] {
+  const resolved: string[] = [];
+  for (const raw of names) {
+    const name = raw.trim().toLowerCase();
+    const provider = PROVIDERS[name];
+    if (provider === undefined) {
+      throw new UsageError(`unknown execution provider "${raw}"`, {
+        hint: `use one of: ${Object.keys(PROVIDERS).join(', ')}`,
+      });
+    }
+    if (!resolved.includes(provider)) resolved.push(provider);
+  }
+  if (!resolved.includes('cpu')) resolved.push('cpu');
+  return resolved;
+}
+
+/** Providers this onnxruntime-node build can even try on this platform. */
+function providersBuiltIn(): Set<string> {
+  return new Set(ort.listSupportedBackends().map((backend) => backend.name));
+}
+
+function describeBytes(bytes: Uint8Array): string | undefined {
+  const starts = (...magic: number[]) => magic.every((b, i) => bytes[i] === b);
+  if (bytes.length === 0) return 'the file is empty';
+  if (starts(0xff, 0xd8, 0xff)) return 'it is a JPEG image';
+  if (starts(0x89, 0x50, 0x4e, 0x47)) return 'it is a PNG image';
+  if (starts(0x1f, 0x8b)) return 'it is gzip-compressed';
+  if (starts(0x50, 0x4b, 0x03, 0x04)) return 'it is a zip archive';
+  if (starts(0x7b) || starts(0x3c)) return 'it is a text (JSON/XML/HTML) file';
+  return undefined;
+}
+
+/** Why onnxruntime could not read these bytes, in words a user can act on. */
+function diagnoseUnreadable(bytes: Uint8Array): string {
+  const known = describeBytes(bytes);
+  if (known) return `${known}, not an ONNX model`;
+  try {
+    const model = onnx.ModelProto.decode(bytes);
+    if (!model.graph?.node?.length) return 'it holds no ONNX graph';
+    return 'onnxruntime rejected the graph';
+  } catch (cause) {
+    const message = (cause as Error).message;
+    // protobufjs reports a read past the end as "index out of range".
+    if (/index out of range/i.test(message)) return 'it is truncated (the protobuf ends in the middle of a field)';
+    return `it is not an ONNX protobuf (${message})`;
+  }
+}
+
+async function readModelFile(file: string): Promise<Uint8Array> {
+  try {
+    return await readFile(file);
+  } catch (cause) {
+    const code = (cause as NodeJS.ErrnoException).code;
+    throw new ModelError(`cannot read model file ${file}: ${code === 'ENOENT' ? 'it does not exist' : (code ?? String(cause))}`, {
+      file,
+      hint: 'check the path; `linewatch train` writes model.onnx (and model.int8.onnx) into the bundle folder',
+      cause,
+    });
+  }
+}
+
+interface OpenedSession {
+  session: ort.InferenceSession;
+  providers: string[];
+}
+
+/**
+ * Create a session with the requested providers; a provider that cannot start
+ * is dropped (and the drop logged) until the session starts, at worst on the CPU.
+ */
+async function openSession(bytes: Uint8Array, label: string, options: OnnxModelOptions): Promise<OpenedSession> {
+  const log = options.log ?? ((message: string) => console.warn(message));
+  const builtIn = providersBuiltIn();
+  let providers = resolveProviders(options.providers).filter((provider) => {
+    if (builtIn.has(provider)) return true;
+    log(`execution provider "${provider}" is not available in this onnxruntime-node build; skipping it`);
+    return false;
+  });
+  if (!providers.includes('cpu')) providers.push('cpu');
+
+  for (;;) {
+    const sessionOptions: ort.InferenceSession.SessionOptions = {
+      executionProviders: providers,
+      graphOptimizationLevel: 'all',
+      executionMode: 'sequential',
+      logSeverityLevel: 3,
+      ...(options.threads !== undefined ? { intraOpNumThreads: options.threads } : {}),
+      ...(options.interOpThreads !== undefined ? { interOpNumThreads: options.interOpThreads } : {}),
+      ...(options.optimizedModelPath !== undefined ? { optimizedModelFilePath: options.optimizedModelPath } : {}),
+    };
+    try {
+      const session = await ort.InferenceSession.create(bytes, sessionOptions);
+      return { session, providers };
+    } catch (cause) {
+      const message = (cause as Error).message ?? String(cause);
+      const accelerators = providers.filter((p) => p !== 'cpu');
+      if (accelerators.length === 0) {
+        throw new ModelError(`cannot load ONNX model ${label}: ${diagnoseUnreadable(bytes)}`, {
+          file: label,
+          hint: 'use the model.onnx or model.int8.onnx of a bundle written by `linewatch train`; re-copy it if it was cut short',
+          cause,
+        });
+      }
+      const failing = accelerators.find((p) => message.toLowerCase().includes(p)) ?? accelerators[0]!;
+      log(`execution provider "${failing}" failed to start (${message.split('\n')[0]}); falling back to ${providers.filter((p) => p !== failing).join(', ')}`);
+      providers = providers.filter((p) => p !== failing);
+    }
+  }
+}
+
+function positiveDim(dim: number | string | undefined): number | undefined {
+  return typeof dim === 'number' && dim > 0 ? dim : undefined;
+}
+
+/** The VAE contract: one float input `image` [batch,C,H,W] with fixed C/H/W, float outputs `recon` and `mu` [batch,latent]. */
+function checkInterface(session: ort.InferenceSession, label: string): { inputShape: InputShape; latentDim: number } {
+  const hint = 'the model must be a linewatch VAE export: input "image" [batch,C,H,W], outputs "recon" and "mu"';
+  const inputs = session.inputNames;
+  const outputs = session.outputNames;
+  const missingOutputs = [MODEL_IO.recon, MODEL_IO.mu].filter((name) => !outputs.includes(name));
+  if (inputs.length !== 1 || inputs[0] !== MODEL_IO.input || missingOutputs.length > 0) {
+    throw new ModelError(
+      `ONNX model ${label} has inputs [${inputs.join(', ')}] and outputs [${outputs.join(', ')}]; expected input [${MODEL_IO.input}] and outputs [${MODEL_IO.recon}, ${MODEL_IO.mu}]`,
+      { file: label, hint },
+    );
+  }
+  const metadata = (list: readonly ort.InferenceSession.ValueMetadata[], name: string) => {
+    const entry = list.find((m) => m.name === name);
+    if (!entry || !entry.isTensor || entry.type !== 'float32') {
+      throw new ModelError(`ONNX model ${label}: "${name}" must be a float32 tensor`, { file: label, hint });
+    }
+    return entry.shape;
+  };
+  const inputDims = metadata(session.inputMetadata, MODEL_IO.input);
+  const [channels, height, width] = inputDims.slice(1).map(positiveDim);
+  if (inputDims.length !== 4 || !channels || !height || !width) {
+    throw new ModelError(`ONNX model ${label}: input "${MODEL_IO.input}" has shape [${inputDims.join(', ')}]; expected [batch, C, H, W] with fixed C, H, W`, {
+      file: label,
+      hint,
+    });
+  }
+  const muDims = metadata(session.outputMetadata, MODEL_IO.mu);
+  const latentDim = positiveDim(muDims[1]);
+  if (muDims.length !== 2 || !latentDim) {
+    throw new ModelError(`ONNX model ${label}: output "${MODEL_IO.mu}" has shape [${muDims.join(', ')}]; expected [batch, latent] with a fixed latent size`, {
+      file: label,
+      hint,
+    });
+  }
+  metadata(session.outputMetadata, MODEL_IO.recon);
+  return { inputShape: { channels, height, width }, latentDim };
+}
+
+function checkBatch(input: Float32Array, count: number, inputShape: InputShape): void {
+  const perImage = inputShape.channels * inputShape.height * inputShape.width;
+  if (!Number.isInteger(count) || count < 1) throw new RangeError(`image count must be a positive integer, got ${count}`);
+  if (input.length !== count * perImage) {
+    throw new RangeError(
+      `input has ${input.length} values; ${count} image(s) of ${inputShape.channels}x${inputShape.height}x${inputShape.width} need ${count * perImage}`,
+    );
+  }
+}
+
+function floatOutput(result: ort.InferenceSession.ReturnType, name: string): Float32Array {
+  const tensor = result[name];
+  if (!tensor || !(tensor.data instanceof Float32Array)) throw new Error(`onnxruntime returned no float32 "${name}"`);
+  return tensor.data;
+}
+
+export class OnnxModel implements InferenceModel {
+  private session: ort.InferenceSession | undefined;
+
+  private constructor(
+    opened: OpenedSession,
+    readonly inputShape: InputShape,
+    readonly latentDim: number,
+    readonly label: string,
+  ) {
+    this.session = opened.session;
+    this.providers = Object.freeze([...opened.providers]);
+  }
+
+  /** Execution providers the session was created with, in priority order (onnxruntime may still place single nodes on the CPU). */
+  readonly providers: readonly string[];
+
+  static async load(file: string, options: OnnxModelOptions = {}): Promise<OnnxModel> {
+    return OnnxModel.fromBytes(await readModelFile(file), { name: file, ...options });
+  }
+
+  static async fromBytes(bytes: Uint8Array, options: OnnxModelOptions = {}): Promise<OnnxModel> {
+    const label = options.name ?? '<in-memory model>';
+    const opened = await openSession(bytes, label, options);
+    try {
+      const { inputShape, latentDim } = checkInterface(opened.session, label);
+      return new OnnxModel(opened, inputShape, latentDim, label);
+    } catch (error) {
+      await opened.session.release();
+      throw error;
+    }
+  }
+
+  private get live(): ort.InferenceSession {
+    if (!this.session) throw new Error(`ONNX model ${this.label} was disposed`);
+    return this.session;
+  }
+
+  async run(input: Float32Array, count: number): Promise<ModelOutputs> {
+    checkBatch(input, count, this.inputShape);
+    const { channels, height, width } = this.inputShape;
+    const feeds = { [MODEL_IO.input]: new ort.Tensor('float32', input, [count, channels, height, width]) };
+    const result = await this.live.run(feeds, [MODEL_IO.recon, MODEL_IO.mu]);
+    return { recon: floatOutput(result, MODEL_IO.recon), mu: floatOutput(result, MODEL_IO.mu) };
+  }
+
+  /** One run on a black image so the first real frame does not pay for lazy allocations; returns its duration in ms. */
+  async warmUp(): Promise<number> {
+    const { channels, height, width } = this.inputShape;
+    const started = performance.now();
+    await this.run(new Float32Array(channels * height * width), 1);
+    return performance.now() - started;
+  }
+
+  async dispose(): Promise<void> {
+    const session = this.session;
+    this.session = undefined;
+    await session?.release();
+  }
+}
+
+export interface ImageBatch {
+  /** `count` images packed NCHW. */
+  readonly input: Float32Array;
+  readonly count: number;
+}
+
+export interface NamedTensor {
+  readonly data: Float32Array;
+  readonly dims: readonly number[];
+}
+
+/** The same model with intermediate tensors also exposed as graph outputs (float32, shape left to onnxruntime). */
+export function exposeTensors(modelBytes: Uint8Array, names: readonly string[]): Uint8Array {
+  const model = onnx.ModelProto.decode(modelBytes);
+  const graph = model.graph;
+  if (!graph) throw new ModelError('cannot expose tensors: the model has no graph');
+  const outputs = (graph.output ??= []);
+  const present = new Set(outputs.map((o) => o.name));
+  for (const name of names) {
+    if (present.has(name)) continue;
+    outputs.push(onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType: onnx.TensorProto.DataType.FLOAT } } }));
+    present.add(name);
+  }
+  return onnx.ModelProto.encode(model).finish();
+}
+
+/**
+ * Run a model on each batch and hand the named tensors (graph outputs or
+ * intermediate activations) to `visit`, batch by batch, from one CPU session.
+ * The quantizer uses this to calibrate activation ranges.
+ */
+export async function runWithExtraOutputs(
+  modelBytes: Uint8Array,
+  batches: readonly ImageBatch[],
+  names: readonly string[],
+  visit: (outputs: ReadonlyMap<string, NamedTensor>, batchIndex: number) => void,
+  options: { threads?: number } = {},
+): Promise<void> {
+  const label = '<model with exposed activations>';
+  const { session } = await openSession(exposeTensors(modelBytes, names), label, { providers: ['cpu'], threads: options.threads });
+  try {
+    const dims = session.inputMetadata.find((m) => m.name === MODEL_IO.input);
+    if (!dims || !dims.isTensor) throw new ModelError(`the model has no "${MODEL_IO.input}" tensor input`);
+    const [, c, h, w] = dims.shape.map(positiveDim);
+    if (!c || !h || !w) throw new ModelError(`input "${MODEL_IO.input}" has no fixed C, H, W: [${dims.shape.join(', ')}]`);
+    for (const [index, batch] of batches.entries()) {
+      checkBatch(batch.input, batch.count, { channels: c, height: h, width: w });
+      const feeds = { [MODEL_IO.input]: new ort.Tensor('float32', batch.input, [batch.count, c, h, w]) };
+      const result = await session.run(feeds, [...names]);
+      const outputs = new Map<string, NamedTensor>();
+      for (const name of names) outputs.set(name, { data: floatOutput(result, name), dims: result[name]!.dims });
+      visit(outputs, index);
+    }
+  } finally {
+    await session.release();
+  }
+}

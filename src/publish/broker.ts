@@ -1,0 +1,100 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import { Aedes } from 'aedes';
+import { UsageError } from '../errors.js';
+
+export interface EmbeddedBrokerOptions {
+  /** Default 127.0.0.1: the demo broker is for this machine only. */
+  host?: string;
+  /** Default 1883; 0 picks a free port. */
+  port?: number;
+}
+
+export interface EmbeddedBroker {
+  /** mqtt://host:port to hand to the publisher and to print for `mosquitto_sub`. */
+  readonly url: string;
+  readonly host: string;
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+export const EMBEDDED_BROKER_DEFAULTS = { host: '127.0.0.1', port: 1883 } as const;
+
+/**
+ * An in-process MQTT broker (aedes, in memory) so that the no-config demo
+ * publishes somewhere a user can subscribe to. Not meant for production: it
+ * keeps nothing across restarts.
+ */
+export async function startEmbeddedBroker(options: EmbeddedBrokerOptions = {}): Promise<EmbeddedBroker> {
+  const host = options.host ?? EMBEDDED_BROKER_DEFAULTS.host;
+  const requestedPort = options.port ?? EMBEDDED_BROKER_DEFAULTS.port;
+  const aedes = await Aedes.createBroker();
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    aedes.handle(socket);
+  });
+
+  try {
+    await listen(server, host, requestedPort);
+  } catch (error) {
+    await closeAedes(aedes);
+    throw listenError(error as NodeJS.ErrnoException, host, requestedPort);
+  }
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : requestedPort;
+
+  let closed: Promise<void> | undefined;
+  return {
+    url: `mqtt://${host.includes(':') ? `[${host}]` : host}:${port}`,
+    host,
+    port,
+    close: () =>
+      (closed ??= (async () => {
+        const serverClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+        await closeAedes(aedes);
+        // aedes ends its clients' streams; destroy whatever is left so close() cannot hang.
+        for (const socket of sockets) socket.destroy();
+        await serverClosed;
+      })()),
+  };
+}
+
+function listen(server: Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+function closeAedes(aedes: Aedes): Promise<void> {
+  return new Promise((resolve) => aedes.close(() => resolve()));
+}
+
+function listenError(error: NodeJS.ErrnoException, host: string, port: number): Error {
+  const where = `${host}:${port}`;
+  if (error.code === 'EADDRINUSE') {
+    return new UsageError(`cannot start the embedded MQTT broker: ${where} is already in use`, {
+      hint:
+        'another MQTT broker (or another linewatch) is listening there: set mqtt.url to use that broker, ' +
+        'set mqtt.embeddedBroker.port to a free port, or stop the other process',
+      cause: error,
+    });
+  }
+  if (error.code === 'EACCES') {
+    return new UsageError(`cannot start the embedded MQTT broker: no permission to listen on ${where}`, {
+      hint: 'set mqtt.embeddedBroker.port above 1023, or set mqtt.url to an existing broker',
+      cause: error,
+    });
+  }
+  if (error.code === 'EADDRNOTAVAIL') {
+    return new UsageError(`cannot start the embedded MQTT broker: ${host} is not an address of this machine`, {
+      hint: 'set mqtt.embeddedBroker.host to 127.0.0.1 (this machine only) or 0.0.0.0 (all interfaces)',
+      cause: error,
+    });
+  }
+  return new UsageError(`cannot start the embedded MQTT broker on ${where}: ${error.message}`, { cause: error });
+}

@@ -1,0 +1,527 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from 'mqtt';
+import { UsageError } from '../errors.js';
+import { DurableOutbox, OUTBOX_DEFAULTS, type OutboxEntry } from './outbox.js';
+import type {
+  AnomalyEventPayload,
+  CameraStats,
+  CameraStatusPayload,
+  MqttCounters,
+  ScorePayload,
+  StatsPayload,
+} from './payloads.js';
+
+/** Paths of PEM files, as `mqtt.tls` in the config resolves them. */
+export interface MqttTlsFiles {
+  /** The CA that signed the broker's certificate. */
+  ca?: string;
+  /** Client certificate and key, for brokers that authenticate clients by certificate. */
+  cert?: string;
+  key?: string;
+  /** Default true; false accepts any broker certificate (testing only). */
+  rejectUnauthorized?: boolean;
+}
+
+export interface PublisherLogger {
+  info(message: string): void;
+  warn(message: string): void;
+}
+
+export interface MqttPublisherOptions {
+  /** mqtt://, mqtts://, ws:// or wss:// URL of the broker. */
+  url: string;
+  /** Names this agent in topics and in the default client id. */
+  deviceId: string;
+  /** Default `linewatch/<deviceId>`. */
+  baseTopic?: string;
+  /** Default `linewatch-<deviceId>`. */
+  clientId?: string;
+  username?: string;
+  password?: string;
+  /** 4 = MQTT 3.1.1 (default), 5 = MQTT 5. */
+  protocolVersion?: 4 | 5;
+  tls?: MqttTlsFiles;
+  keepaliveSec?: number;
+  reconnectPeriodMs?: number;
+  connectTimeoutMs?: number;
+  /** The durable outbox lives at `<dataDir>/mqtt-outbox.jsonl`. */
+  dataDir: string;
+  outbox?: { maxEvents?: number; maxBytes?: number; fsync?: boolean };
+  /** Events handed to the client before their PUBACK; bounds memory during a replay. */
+  maxInFlight?: number;
+  /** Per-camera rate limit of `<base>/<camera>/score`; 0 turns the topic off. */
+  scoreMaxRateHz?: number;
+  /** Period of `<base>/stats`; 0 turns it off. */
+  statsIntervalMs?: number;
+  statsProvider?: () => { cameras: Record<string, CameraStats> };
+  /** How long close() waits for outstanding PUBACKs. */
+  closeTimeoutMs?: number;
+  logger?: PublisherLogger;
+}
+
+export const MQTT_DEFAULTS = {
+  protocolVersion: 4,
+  keepaliveSec: 30,
+  reconnectPeriodMs: 5000,
+  connectTimeoutMs: 10_000,
+  maxInFlight: 32,
+  scoreMaxRateHz: 0,
+  statsIntervalMs: 60_000,
+  closeTimeoutMs: 3000,
+} as const;
+
+export const OUTBOX_FILE_NAME = 'mqtt-outbox.jsonl';
+
+export interface MqttTopics {
+  /** Retained `online` / `offline`; `offline` is the last will. */
+  readonly availability: string;
+  readonly stats: string;
+  cameraStatus(camera: string): string;
+  events(camera: string): string;
+  score(camera: string): string;
+}
+
+export function mqttTopics(baseTopic: string): MqttTopics {
+  assertTopicPath(baseTopic, 'mqtt.baseTopic');
+  const cameraTopic = (camera: string, leaf: string): string => {
+    assertTopicLevel(camera, 'camera name');
+    return `${baseTopic}/${camera}/${leaf}`;
+  };
+  return {
+    availability: `${baseTopic}/status`,
+    stats: `${baseTopic}/stats`,
+    cameraStatus: (camera) => cameraTopic(camera, 'status'),
+    events: (camera) => cameraTopic(camera, 'events'),
+    score: (camera) => cameraTopic(camera, 'score'),
+  };
+}
+
+/** A topic path may contain `/` but no wildcards, no empty levels and no NUL. */
+function assertTopicPath(topic: string, what: string): void {
+  if (topic === '' || /[+#\u0000]/.test(topic) || topic.split('/').some((level) => level === '')) {
+    throw new UsageError(`${what} "${topic}" is not a valid MQTT topic`, {
+      hint: 'use letters, digits, - and _ separated by single /, without + or #',
+    });
+  }
+}
+
+function assertTopicLevel(name: string, what: string): void {
+  if (name === '' || /[/+#\u0000]/.test(name)) {
+    throw new UsageError(`${what} "${name}" cannot be used in an MQTT topic`, {
+      hint: 'use letters, digits, - and _ (no /, + or #)',
+    });
+  }
+}
+
+/** The URL without credentials, for log lines. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.protocol}//${parsed.host}`;
+  } catch {
+    return url.replace(/\/\/[^@/]*@/, '//');
+  }
+}
+
+// Node's codes for certificate and handshake failures.
+function isTlsErrorCode(code: string): boolean {
+  return (
+    code.startsWith('ERR_SSL_') ||
+    code.startsWith('ERR_TLS_') ||
+    /CERT|SELF_SIGNED|UNABLE_TO_(GET|VERIFY)|HOSTNAME_MISMATCH/.test(code)
+  );
+}
+
+function describeConnectionError(error: Error & { code?: string | number }): { text: string; hint?: string } {
+  if (typeof error.code === 'string' && isTlsErrorCode(error.code)) {
+    return {
+      text: `TLS handshake failed (${error.code}: ${error.message})`,
+      hint: 'check mqtt.tls.ca, mqtt.tls.cert and mqtt.tls.key',
+    };
+  }
+  if (typeof error.code === 'string') return { text: `unreachable (${error.code})` };
+  if (typeof error.code === 'number') {
+    // CONNACK refusals: 4/5 in MQTT 3.1.1, 134/135 in MQTT 5.
+    const authRefusal = [4, 5, 134, 135].includes(error.code);
+    return {
+      text: `refused the connection: ${error.message}`,
+      hint: authRefusal ? 'check mqtt.username and mqtt.password' : undefined,
+    };
+  }
+  return { text: `unreachable (${error.message})` };
+}
+
+const BROKER_PROTOCOLS = ['mqtt:', 'mqtts:', 'tcp:', 'tls:', 'ssl:', 'ws:', 'wss:'];
+
+function connectClient(url: string, options: IClientOptions): MqttClient {
+  const unusable = (reason: string, cause?: unknown): UsageError =>
+    new UsageError(`mqtt.url "${redactUrl(url)}" cannot be used: ${reason}`, {
+      hint: 'use mqtt://host:1883, mqtts://host:8883, ws://host/mqtt or wss://host/mqtt',
+      cause,
+    });
+  let protocol: string;
+  try {
+    protocol = new URL(url).protocol;
+  } catch (error) {
+    throw unusable('it is not a URL', error);
+  }
+  if (!BROKER_PROTOCOLS.includes(protocol)) throw unusable(`${protocol}// is not an MQTT protocol`);
+  try {
+    return mqtt.connect(url, options);
+  } catch (error) {
+    throw unusable((error as Error).message, error);
+  }
+}
+
+function readTlsFile(path: string | undefined, key: string): Buffer | undefined {
+  if (path === undefined) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (error) {
+    throw new UsageError(`cannot read the MQTT TLS file ${path} (mqtt.tls.${key}): ${(error as Error).message}`, {
+      hint: `point mqtt.tls.${key} at a readable PEM file`,
+      cause: error,
+    });
+  }
+}
+
+const consoleLogger: PublisherLogger = {
+  info: (message) => console.log(message),
+  warn: (message) => console.warn(message),
+};
+
+/**
+ * Publishes availability, camera status, events, scores and stats.
+ *
+ * Events are at-least-once: each is written to a durable outbox before
+ * publish and removed only on PUBACK, so events raised while the broker is
+ * down, or never acknowledged before a crash, are delivered later in order
+ * (consumers dedupe on `id` + `type` + `at`). Nothing here throws because the
+ * broker is unreachable: the agent keeps running and catches up on connect.
+ */
+export class MqttPublisher {
+  readonly topics: MqttTopics;
+  readonly outboxFile: string;
+  private readonly options: MqttPublisherOptions;
+  private readonly logger: PublisherLogger;
+  private readonly client: MqttClient;
+  private readonly outbox: DurableOutbox;
+  private readonly cameraStatuses = new Map<string, CameraStatusPayload>();
+  private readonly lastScoreAt = new Map<string, number>();
+  private readonly inFlight = new Set<number>();
+  private readonly connectionListeners = new Set<(connected: boolean) => void>();
+  private readonly maxInFlight: number;
+  private readonly displayUrl: string;
+  private statsTimer: NodeJS.Timeout | undefined;
+  private ready = false;
+  private started = false;
+  private closing = false;
+  private everConnected = false;
+  private outageLogged = false;
+  private dropWarned = false;
+  private readonly drainWaiters = new Set<() => void>();
+  private published = 0;
+  private reconnects = 0;
+  private firstAttempt: { promise: Promise<void>; settle: () => void };
+
+  constructor(options: MqttPublisherOptions) {
+    this.options = options;
+    this.logger = options.logger ?? consoleLogger;
+    assertTopicLevel(options.deviceId, 'deviceId');
+    this.topics = mqttTopics(options.baseTopic ?? `linewatch/${options.deviceId}`);
+    this.maxInFlight = Math.max(1, options.maxInFlight ?? MQTT_DEFAULTS.maxInFlight);
+    this.displayUrl = redactUrl(options.url);
+    this.outboxFile = join(options.dataDir, OUTBOX_FILE_NAME);
+    // Before the outbox opens, so that a bad TLS path leaves no file open.
+    const clientOptions = this.clientOptions();
+    this.outbox = DurableOutbox.open({
+      file: this.outboxFile,
+      maxEntries: options.outbox?.maxEvents,
+      maxBytes: options.outbox?.maxBytes,
+      fsync: options.outbox?.fsync ?? true,
+      onDrop: (entry) => this.onOutboxDrop(entry, options.outbox),
+      onWriteError: (error) =>
+        this.logger.warn(`MQTT outbox ${this.outboxFile} cannot be written (${error.message}); events are kept in memory only`),
+    });
+    if (this.outbox.recovered > 0) {
+      this.logger.info(`MQTT outbox: ${this.outbox.recovered} event(s) from a previous run will be delivered on connect`);
+    }
+    if (this.outbox.skippedLines > 0) {
+      this.logger.warn(`MQTT outbox: skipped ${this.outbox.skippedLines} unreadable line(s) in ${this.outboxFile}`);
+    }
+
+    let settle = (): void => undefined;
+    const promise = new Promise<void>((resolve) => (settle = resolve));
+    this.firstAttempt = { promise, settle };
+    this.client = connectClient(options.url, { ...clientOptions, manualConnect: true });
+    this.client.on('connect', () => this.onConnect());
+    this.client.on('close', () => this.onClose());
+    this.client.on('error', (error) => this.onError(error));
+  }
+
+  /**
+   * Starts connecting. Resolves once connected or once the first attempt has
+   * failed (the client keeps retrying); rejects only on configuration errors.
+   */
+  async connect(): Promise<void> {
+    if (!this.started) {
+      this.started = true;
+      this.client.connect();
+      const interval = this.options.statsIntervalMs ?? MQTT_DEFAULTS.statsIntervalMs;
+      if (interval > 0 && this.options.statsProvider) {
+        this.statsTimer = setInterval(() => this.publishStats(), interval);
+        this.statsTimer.unref();
+      }
+    }
+    const connectTimeout = this.options.connectTimeoutMs ?? MQTT_DEFAULTS.connectTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.firstAttempt.promise,
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, connectTimeout))),
+    ]);
+    clearTimeout(timer);
+  }
+
+  get connected(): boolean {
+    return this.ready;
+  }
+
+  metrics(): MqttCounters {
+    return {
+      connected: this.ready,
+      published: this.published,
+      outboxSize: this.outbox.size,
+      dropped: this.outbox.dropped,
+      reconnects: this.reconnects,
+    };
+  }
+
+  /** Calls `listener(true)` on every (re)connect and `listener(false)` on every loss; returns an unsubscribe. */
+  onConnectionChange(listener: (connected: boolean) => void): () => void {
+    this.connectionListeners.add(listener);
+    return () => this.connectionListeners.delete(listener);
+  }
+
+  /**
+   * Durable once this returns; published now if connected, else on (re)connect.
+   * After close() the event still reaches the outbox file, for the next run.
+   */
+  publishEvent(event: AnomalyEventPayload): void {
+    this.outbox.add(this.topics.events(event.camera), JSON.stringify(event));
+    this.pumpOutbox();
+  }
+
+  /** Retained; the latest status per camera is re-published on every reconnect. */
+  publishCameraStatus(camera: string, status: CameraStatusPayload): void {
+    const topic = this.topics.cameraStatus(camera);
+    this.cameraStatuses.set(camera, status);
+    if (this.ready) this.publish(topic, JSON.stringify(status), { qos: 1, retain: true });
+  }
+
+  /**
+   * Live score for dashboards: QoS 0, dropped while offline and beyond
+   * `scoreMaxRateHz`. Returns whether it was sent.
+   */
+  publishScore(camera: string, score: ScorePayload): boolean {
+    const maxRateHz = this.options.scoreMaxRateHz ?? MQTT_DEFAULTS.scoreMaxRateHz;
+    if (maxRateHz <= 0 || !this.ready) return false;
+    const now = Date.now();
+    const last = this.lastScoreAt.get(camera);
+    if (last !== undefined && now - last < 1000 / maxRateHz) return false;
+    this.lastScoreAt.set(camera, now);
+    this.publish(this.topics.score(camera), JSON.stringify(score), { qos: 0 });
+    return true;
+  }
+
+  /** Publishes `<base>/stats` now (the timer calls this every statsIntervalMs). */
+  publishStats(): void {
+    if (!this.ready || !this.options.statsProvider) return;
+    let cameras: StatsPayload['cameras'];
+    try {
+      cameras = this.options.statsProvider().cameras;
+    } catch (error) {
+      // Runs on a timer: a failing provider must cost one stats message, not the process.
+      this.logger.warn(`MQTT stats not published: the stats provider failed (${(error as Error).message})`);
+      return;
+    }
+    const { published, outboxSize, dropped, reconnects } = this.metrics();
+    const payload: StatsPayload = {
+      at: new Date().toISOString(),
+      uptimeSec: Math.round(process.uptime()),
+      rssBytes: process.memoryUsage.rss(),
+      mqtt: { published, outboxSize, dropped, reconnects },
+      cameras,
+    };
+    this.publish(this.topics.stats, JSON.stringify(payload), { qos: 0 });
+  }
+
+  /**
+   * Marks the cameras and the agent offline (retained), waits a bounded time
+   * for outstanding PUBACKs, then disconnects. Events still unacknowledged stay
+   * in the outbox for the next run.
+   */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    clearInterval(this.statsTimer);
+    this.firstAttempt.settle();
+    const timeoutMs = this.options.closeTimeoutMs ?? MQTT_DEFAULTS.closeTimeoutMs;
+    let allAcknowledged = false;
+    if (this.ready) {
+      const acks: Promise<unknown>[] = [];
+      const since = new Date().toISOString();
+      for (const [camera, status] of this.cameraStatuses) {
+        if (status.state === 'offline') continue;
+        const offline: CameraStatusPayload = { ...status, state: 'offline', reason: 'agent stopped', since, fps: 0 };
+        this.cameraStatuses.set(camera, offline);
+        acks.push(this.publishAcknowledged(this.topics.cameraStatus(camera), JSON.stringify(offline)));
+      }
+      acks.push(this.publishAcknowledged(this.topics.availability, 'offline'));
+      acks.push(this.outboxDrained());
+      allAcknowledged = await withTimeout(Promise.all(acks).then(() => true), timeoutMs, false);
+    }
+    this.ready = false;
+    if (this.started) {
+      // A clean DISCONNECT cancels the last will, which is right: `offline` was just published.
+      await withTimeout(this.client.endAsync(!allAcknowledged), timeoutMs, undefined);
+      if (!this.client.disconnected) this.client.end(true);
+    }
+    this.outbox.close();
+  }
+
+  private clientOptions(): IClientOptions {
+    const { options } = this;
+    const tls = options.tls;
+    return {
+      clientId: options.clientId ?? `linewatch-${options.deviceId}`,
+      username: options.username,
+      password: options.password,
+      protocolVersion: options.protocolVersion ?? MQTT_DEFAULTS.protocolVersion,
+      keepalive: options.keepaliveSec ?? MQTT_DEFAULTS.keepaliveSec,
+      reconnectPeriod: options.reconnectPeriodMs ?? MQTT_DEFAULTS.reconnectPeriodMs,
+      connectTimeout: options.connectTimeoutMs ?? MQTT_DEFAULTS.connectTimeoutMs,
+      clean: true,
+      // Scores and stats are only worth sending live; events have the outbox.
+      queueQoSZero: false,
+      will: { topic: this.topics.availability, payload: Buffer.from('offline'), qos: 1, retain: true },
+      ca: readTlsFile(tls?.ca, 'ca'),
+      cert: readTlsFile(tls?.cert, 'cert'),
+      key: readTlsFile(tls?.key, 'key'),
+      rejectUnauthorized: tls?.rejectUnauthorized ?? true,
+    };
+  }
+
+  private onConnect(): void {
+    if (this.closing) return;
+    this.ready = true;
+    if (this.everConnected) this.reconnects++;
+    this.everConnected = true;
+    this.outageLogged = false;
+    this.dropWarned = false;
+    this.logger.info(`MQTT connected to ${this.displayUrl} as ${this.client.options.clientId}`);
+    this.publish(this.topics.availability, 'online', { qos: 1, retain: true });
+    for (const [camera, status] of this.cameraStatuses) {
+      this.publish(this.topics.cameraStatus(camera), JSON.stringify(status), { qos: 1, retain: true });
+    }
+    this.pumpOutbox();
+    this.notify(true);
+    this.firstAttempt.settle();
+  }
+
+  private onClose(): void {
+    if (this.ready && !this.closing && !this.outageLogged) {
+      this.logger.warn(`MQTT connection to ${this.displayUrl} lost; ${this.retryText()}`);
+      this.outageLogged = true;
+    }
+    const wasReady = this.ready;
+    this.ready = false;
+    this.wakeDrainWaiters();
+    if (wasReady) this.notify(false);
+    this.firstAttempt.settle();
+  }
+
+  private onError(error: Error & { code?: string | number }): void {
+    if (!this.outageLogged && !this.closing) {
+      const { text, hint } = describeConnectionError(error);
+      this.logger.warn(`MQTT broker ${this.displayUrl} ${text}; ${this.retryText()}` + (hint ? ` (${hint})` : ''));
+      this.outageLogged = true;
+    }
+    this.firstAttempt.settle();
+  }
+
+  private retryText(): string {
+    const periodMs = this.options.reconnectPeriodMs ?? MQTT_DEFAULTS.reconnectPeriodMs;
+    return periodMs > 0 ? `retrying every ${periodMs / 1000} s` : 'not retrying (reconnectPeriodMs is 0)';
+  }
+
+  private notify(connected: boolean): void {
+    for (const listener of this.connectionListeners) listener(connected);
+  }
+
+  private onOutboxDrop(entry: OutboxEntry, bounds: MqttPublisherOptions['outbox']): void {
+    // Once per outage is enough to explain the `dropped` counter.
+    if (this.dropWarned) return;
+    this.dropWarned = true;
+    const maxEvents = bounds?.maxEvents ?? OUTBOX_DEFAULTS.maxEntries;
+    const maxBytes = bounds?.maxBytes ?? OUTBOX_DEFAULTS.maxBytes;
+    this.logger.warn(
+      `MQTT outbox full (${maxEvents} events / ${maxBytes} bytes): dropping the oldest events, ` +
+        `first one queued ${entry.enqueuedAt}; the dropped counter says how many`,
+    );
+  }
+
+  /** Hands outbox entries to the client, oldest first, up to maxInFlight awaiting PUBACK. */
+  private pumpOutbox(): void {
+    if (!this.ready) return;
+    for (const entry of this.outbox.entries()) {
+      if (this.inFlight.size >= this.maxInFlight) return;
+      if (this.inFlight.has(entry.seq)) continue;
+      this.inFlight.add(entry.seq);
+      // The client keeps unacknowledged QoS 1 packets across reconnects and
+      // resends them before its next 'connect', so in-flight entries are not resent here.
+      this.client.publish(entry.topic, entry.payload, { qos: 1 }, (error) => {
+        this.inFlight.delete(entry.seq);
+        if (error) return; // still in the outbox: the next connect replays it
+        this.published++;
+        this.outbox.remove(entry.seq);
+        if (this.outbox.size === 0) this.wakeDrainWaiters();
+        this.pumpOutbox();
+      });
+    }
+  }
+
+  /** Resolves when the outbox is empty or the connection is lost (then the rest waits for the next run). */
+  private outboxDrained(): Promise<void> {
+    if (this.outbox.size === 0 || !this.ready) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.add(resolve));
+  }
+
+  private wakeDrainWaiters(): void {
+    for (const wake of this.drainWaiters) wake();
+    this.drainWaiters.clear();
+  }
+
+  private publish(topic: string, payload: string, options: IClientPublishOptions): void {
+    this.client.publish(topic, payload, options, (error) => {
+      if (!error) this.published++;
+    });
+  }
+
+  private publishAcknowledged(topic: string, payload: string): Promise<void> {
+    return new Promise((resolve) =>
+      this.client.publish(topic, payload, { qos: 1, retain: true }, (error) => {
+        if (!error) this.published++;
+        resolve();
+      }),
+    );
+  }
+}
+
+function withTimeout<T>(promise: Promise<T>, timeoutMs: number, fallback: T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback), timeoutMs))),
+  ]);
+}

@@ -1,0 +1,90 @@
+/**
+ * MQTT payload shapes. They are a public contract: schemas/*.schema.json
+ * describe the same shapes and the tests validate published payloads against
+ * them, so a change here needs the matching schema change.
+ */
+
+export type AnomalyEventType = 'start' | 'update' | 'end';
+export type AnomalyEventEndReason = 'recovered' | 'shutdown' | 'max-duration' | 'camera-offline';
+
+/** In source-image pixels. */
+export interface BoundingBox {
+  x: number;
+  y: number;
+  width: number;
+  height: number;
+}
+
+/** One step of an anomaly event's lifecycle, as the debouncer emits it. Times are ISO 8601. */
+export interface AnomalyEventPayload {
+  type: AnomalyEventType;
+  /** uuid, the same for start, updates and end of one event: consumers dedupe and join on it. */
+  id: string;
+  camera: string;
+  at: string;
+  startedAt: string;
+  /** Only on `end`. */
+  endedAt?: string;
+  score: number;
+  peakScore: number;
+  meanScore: number;
+  threshold: number;
+  frames: number;
+  durationMs: number;
+  /** Only on `end`. */
+  reason?: AnomalyEventEndReason;
+  peakAt: string;
+  box: BoundingBox | null;
+  /** Path of a snapshot file on the device, if one was written. */
+  snapshot: string | null;
+}
+
+export type CameraState = 'streaming' | 'reconnecting' | 'offline';
+
+export interface CameraStatusPayload {
+  state: CameraState;
+  /** Why the camera is in this state (ffmpeg's exit, a stall); null while streaming normally. */
+  reason: string | null;
+  /** When the camera entered this state. */
+  since: string;
+  fps: number;
+  restarts: number;
+  framesDropped: number;
+  lastFrameAt: string | null;
+}
+
+export interface ScorePayload {
+  at: string;
+  score: number;
+  threshold: number;
+}
+
+/** Per-camera counters the wiring supplies for `<base>/stats`. */
+export interface CameraStats {
+  state: CameraState;
+  fps: number;
+  frames: number;
+  framesDropped: number;
+  restarts: number;
+  events: number;
+}
+
+export interface MqttCounters {
+  connected: boolean;
+  /** Messages the broker accepted (PUBACK for QoS 1, written for QoS 0). */
+  published: number;
+  /** Events waiting in the durable outbox for a PUBACK. */
+  outboxSize: number;
+  /** Events dropped because the outbox reached its bound. */
+  dropped: number;
+  /** Successful connections after the first one. */
+  reconnects: number;
+}
+
+export interface StatsPayload {
+  at: string;
+  uptimeSec: number;
+  rssBytes: number;
+  mqtt: Omit<MqttCounters, 'connected'>;
+  cameras: Record<string, CameraStats>;
+}

@@ -1,0 +1,313 @@
+import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import sharp, { type OverlayOptions } from 'sharp';
+import { LinewatchError, UsageError } from '../errors.js';
+import type { Box, Size } from '../scoring/region.js';
+
+/**
+ * Event snapshots: the peak frame of an anomaly event with its anomaly map overlaid
+ * as a colour map and its box drawn, written as `<dir>/<camera>/<eventId>.jpg`.
+ * Writes are atomic (temp file + rename) so the operator page and MQTT consumers
+ * never see half a JPEG, and each camera keeps only its newest `retain` files so a
+ * flapping camera cannot fill the disk.
+ */
+
+export type SnapshotImage =
+  /** A full-resolution preview JPEG of the whole source frame (the better picture). */
+  | { jpeg: Buffer }
+  /** The model-input frame: the crop, stretched to the model's size, interleaved bytes. */
+  | { pixels: Uint8Array; width: number; height: number; channels: 1 | 3 };
+
+export interface SnapshotInput {
+  camera: string;
+  eventId: string;
+  image: SnapshotImage;
+  /** The anomaly map of the same frame, row-major mapWidth x mapHeight. */
+  map: Float32Array;
+  mapWidth: number;
+  mapHeight: number;
+  /** Anomaly box in source pixels (toSourceBox); none drawn when absent. */
+  box?: Box | null;
+  /**
+   * Size of the camera's frames, which `box` and `crop` refer to. Default: the preview
+   * JPEG's size, or the model-input frame's size.
+   */
+  source?: Size;
+  /** The part of the source the model saw (source pixels); default the whole frame. */
+  crop?: Box;
+  /**
+   * Map values at or below `low` are left clear, values at or above `high` get the
+   * hottest colour. Default: the map's own minimum and maximum.
+   */
+  scoreLevel?: { low: number; high: number };
+}
+
+export interface SnapshotStoreOptions {
+  dir: string;
+  /** Snapshots kept per camera; older ones are deleted. */
+  retain: number;
+  /** Problems that do not lose the new snapshot (a failed cleanup). */
+  onWarning?: (message: string) => void;
+}
+
+/** Long side of a snapshot made from the small model-input frame. */
+const UPSCALED_LONG_SIDE = 640;
+const JPEG_QUALITY = 85;
+const OVERLAY_MAX_ALPHA = 0.65;
+/** Temp files older than this are leftovers of a crash, not a write in progress. */
+const STALE_TEMP_MS = 10 * 60_000;
+
+const SAFE_CAMERA = /^[A-Za-z0-9_-]+$/;
+const SAFE_EVENT_ID = /^[A-Za-z0-9_-][A-Za-z0-9_.-]*$/;
+
+export class SnapshotStore {
+  readonly dir: string;
+  readonly retain: number;
+  readonly #warn: (message: string) => void;
+  #tempCounter = 0;
+
+  constructor(options: SnapshotStoreOptions) {
+    if (!Number.isInteger(options.retain) || options.retain < 1) {
+      throw new UsageError(`snapshots.retain must be a whole number >= 1, got ${options.retain}`, {
+        hint: 'set snapshots.retain to how many snapshots to keep per camera, or disable snapshots',
+      });
+    }
+    this.dir = options.dir;
+    this.retain = options.retain;
+    this.#warn = options.onWarning ?? ((message) => console.warn(message));
+  }
+
+  /** Where the snapshot of this event is (or will be) written. */
+  pathFor(camera: string, eventId: string): string {
+    if (!SAFE_CAMERA.test(camera)) throw new RangeError(`camera name ${JSON.stringify(camera)} is not safe as a directory name`);
+    if (!SAFE_EVENT_ID.test(eventId) || eventId.includes('..')) throw new RangeError(`event id ${JSON.stringify(eventId)} is not safe as a file name`);
+    return join(this.dir, camera, `${eventId}.jpg`);
+  }
+
+  /**
+   * Renders and writes the snapshot, replacing an earlier one of the same event (a new
+   * peak), then deletes the camera's oldest snapshots beyond `retain`. Returns its path.
+   * Throws a LinewatchError saying what to do when the image cannot be rendered or the
+   * disk refuses the write.
+   */
+  async save(input: SnapshotInput): Promise<string> {
+    const target = this.pathFor(input.camera, input.eventId);
+    const jpeg = await renderSnapshot(input).catch((error: unknown) => {
+      throw new LinewatchError(`cannot render the snapshot of event ${input.eventId} (${input.camera}): ${messageOf(error)}`, {
+        hint: 'the preview JPEG or the frame is probably corrupt; the event is still published without a snapshot',
+        cause: error,
+      });
+    });
+    const cameraDir = join(this.dir, input.camera);
+    const temp = join(cameraDir, `.${input.eventId}.jpg.${process.pid}.${this.#tempCounter++}.tmp`);
+    try {
+      await mkdir(cameraDir, { recursive: true });
+      await writeFile(temp, jpeg);
+      await rename(temp, target);
+    } catch (error) {
+      await rm(temp, { force: true }).catch(() => undefined);
+      throw writeError(error, target, this.dir);
+    }
+    await this.#prune(cameraDir).catch((error: unknown) => {
+      this.#warn(`cannot delete old snapshots in ${cameraDir}: ${messageOf(error)}`);
+    });
+    return target;
+  }
+
+  async #prune(cameraDir: string): Promise<void> {
+    const names = await readdir(cameraDir);
+    const now = Date.now();
+    const snapshots: Array<{ path: string; name: string; mtimeNs: bigint }> = [];
+    for (const name of names) {
+      const path = join(cameraDir, name);
+      const info = await stat(path, { bigint: true }).catch(() => null);
+      if (!info?.isFile()) continue;
+      if (name.startsWith('.') && name.endsWith('.tmp')) {
+        if (now - Number(info.mtimeMs) > STALE_TEMP_MS) await rm(path, { force: true });
+      } else if (name.endsWith('.jpg') && !name.startsWith('.')) {
+        snapshots.push({ path, name, mtimeNs: info.mtimeNs });
+      }
+    }
+    // Newest first; the name breaks ties of equal timestamps so the order is stable.
+    snapshots.sort((a, b) => (a.mtimeNs === b.mtimeNs ? b.name.localeCompare(a.name) : a.mtimeNs > b.mtimeNs ? -1 : 1));
+    for (const old of snapshots.slice(this.retain)) await rm(old.path, { force: true });
+  }
+}
+
+/** The snapshot JPEG, without touching the disk. */
+export async function renderSnapshot(input: SnapshotInput): Promise<Buffer> {
+  const { map, mapWidth, mapHeight } = input;
+  if (map.length !== mapWidth * mapHeight || mapWidth <= 0 || mapHeight <= 0) {
+    throw new RangeError(`map has ${map.length} values, expected ${mapWidth}x${mapHeight}`);
+  }
+  const base = await decodeBase(input);
+  const { width, height } = base;
+
+  // The overlay covers the crop the model saw, mapped into the output image.
+  const region = clampBox(input.crop ?? { x: 0, y: 0, ...base.source }, base.source);
+  const left = Math.round((region.x - base.view.x) * base.scaleX);
+  const top = Math.round((region.y - base.view.y) * base.scaleY);
+  const overlayWidth = Math.max(1, Math.min(width - left, Math.round(region.width * base.scaleX)));
+  const overlayHeight = Math.max(1, Math.min(height - top, Math.round(region.height * base.scaleY)));
+  const overlay = await sharp(colourMap(map, mapWidth, mapHeight, input.scoreLevel), { raw: { width: mapWidth, height: mapHeight, channels: 4 } })
+    .resize(overlayWidth, overlayHeight, { fit: 'fill', kernel: 'linear' })
+    .raw()
+    .toBuffer();
+  const layers: OverlayOptions[] = [{ input: overlay, raw: { width: overlayWidth, height: overlayHeight, channels: 4 }, left, top }];
+
+  if (input.box) {
+    const x = (input.box.x - base.view.x) * base.scaleX;
+    const y = (input.box.y - base.view.y) * base.scaleY;
+    layers.push({ input: Buffer.from(boxSvg(width, height, { x, y, width: input.box.width * base.scaleX, height: input.box.height * base.scaleY })), left: 0, top: 0 });
+  }
+  // 4:4:4 chroma: the default 4:2:0 smears the thin red outline into the background.
+  return sharp(base.rgb, { raw: { width, height, channels: 3 } }).composite(layers).jpeg({ quality: JPEG_QUALITY, chromaSubsampling: '4:4:4' }).toBuffer();
+}
+
+interface DecodedBase {
+  /** Interleaved RGB of the output image. */
+  rgb: Buffer;
+  width: number;
+  height: number;
+  source: Size;
+  /** The part of the source the output image shows (source pixels). */
+  view: Box;
+  /** Output pixels per source pixel. */
+  scaleX: number;
+  scaleY: number;
+}
+
+/** The picture under the overlay as RGB, plus how its pixels relate to the source's. */
+async function decodeBase(input: SnapshotInput): Promise<DecodedBase> {
+  if ('jpeg' in input.image) {
+    const { data, info } = await sharp(input.image.jpeg, { failOn: 'error' })
+      .removeAlpha()
+      .toColourspace('srgb')
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+    const rgb = info.channels === 3 ? data : expandToRgb(data, info.width, info.height, info.channels);
+    const source = input.source ?? { width: info.width, height: info.height };
+    return {
+      rgb,
+      width: info.width,
+      height: info.height,
+      source,
+      view: { x: 0, y: 0, ...source },
+      scaleX: info.width / source.width,
+      scaleY: info.height / source.height,
+    };
+  }
+  const { pixels, width: frameWidth, height: frameHeight, channels } = input.image;
+  if (pixels.length < frameWidth * frameHeight * channels) {
+    throw new RangeError(`frame has ${pixels.length} bytes, expected ${frameWidth}x${frameHeight}x${channels}`);
+  }
+  const source = input.source ?? { width: frameWidth, height: frameHeight };
+  // The model-input frame is the crop stretched to the model's size: show it at the
+  // crop's own aspect ratio again, enlarged so the operator can see something.
+  const view = clampBox(input.crop ?? { x: 0, y: 0, ...source }, source);
+  const enlarge = UPSCALED_LONG_SIDE / Math.max(view.width, view.height);
+  const width = Math.max(1, Math.round(view.width * enlarge));
+  const height = Math.max(1, Math.round(view.height * enlarge));
+  const { data, info } = await sharp(pixels, { raw: { width: frameWidth, height: frameHeight, channels } })
+    .resize(width, height, { fit: 'fill', kernel: 'cubic' })
+    .toColourspace('srgb')
+    .raw()
+    .toBuffer({ resolveWithObject: true });
+  const rgb = info.channels === 3 ? data : expandToRgb(data, width, height, info.channels);
+  return { rgb, width, height, source, view, scaleX: width / view.width, scaleY: height / view.height };
+}
+
+function expandToRgb(data: Buffer, width: number, height: number, channels: number): Buffer {
+  const rgb = Buffer.alloc(width * height * 3);
+  for (let i = 0; i < width * height; i++) {
+    const v = data[i * channels]!;
+    rgb[i * 3] = v;
+    rgb[i * 3 + 1] = v;
+    rgb[i * 3 + 2] = v;
+  }
+  return rgb;
+}
+
+/**
+ * RGBA pixels: turbo colours with opacity growing with the value, so normal parts of
+ * the frame stay visible and only the anomaly lights up.
+ */
+export function colourMap(map: Float32Array, width: number, height: number, level?: { low: number; high: number }): Buffer {
+  let low = level?.low ?? Infinity;
+  let high = level?.high ?? -Infinity;
+  if (!level) {
+    for (const value of map) {
+      if (value < low) low = value;
+      if (value > high) high = value;
+    }
+  }
+  const span = high - low;
+  const rgba = Buffer.alloc(width * height * 4);
+  for (let i = 0; i < width * height; i++) {
+    const value = map[i]!;
+    const t = span > 0 && Number.isFinite(value) ? Math.min(1, Math.max(0, (value - low) / span)) : 0;
+    const [r, g, b] = turbo(t);
+    rgba[i * 4] = r;
+    rgba[i * 4 + 1] = g;
+    rgba[i * 4 + 2] = b;
+    rgba[i * 4 + 3] = Math.round(255 * OVERLAY_MAX_ALPHA * t);
+  }
+  return rgba;
+}
+
+/** Google's Turbo colour map, polynomial approximation (A. Mikhailov, 2019): coefficients of t^0..t^5. */
+const TURBO = {
+  red: [0.13572138, 4.6153926, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+  green: [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+  blue: [0.1066733, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+};
+
+function turbo(t: number): [number, number, number] {
+  const channel = (coefficients: number[]): number => {
+    let value = 0;
+    for (let i = coefficients.length - 1; i >= 0; i--) value = value * t + coefficients[i]!;
+    return Math.round(255 * Math.min(1, Math.max(0, value)));
+  };
+  return [channel(TURBO.red), channel(TURBO.green), channel(TURBO.blue)];
+}
+
+function boxSvg(width: number, height: number, box: Box): string {
+  const stroke = Math.max(3, Math.round(Math.min(width, height) / 120));
+  const half = stroke / 2;
+  // The stroke runs just inside the box (and inside the image), so it never hides
+  // pixels outside the box and a box on the image edge stays fully visible.
+  const left = Math.max(0, box.x) + half;
+  const top = Math.max(0, box.y) + half;
+  const right = Math.min(width, box.x + box.width) - half;
+  const bottom = Math.min(height, box.y + box.height) - half;
+  const w = Math.max(0, right - left);
+  const h = Math.max(0, bottom - top);
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}">` +
+    `<rect x="${left.toFixed(1)}" y="${top.toFixed(1)}" width="${w.toFixed(1)}" height="${h.toFixed(1)}" fill="none" stroke="#ff2d2d" stroke-width="${stroke}"/>` +
+    '</svg>';
+}
+
+function clampBox(box: Box, size: Size): Box {
+  const x = Math.min(Math.max(0, box.x), size.width - 1);
+  const y = Math.min(Math.max(0, box.y), size.height - 1);
+  return { x, y, width: Math.max(1, Math.min(box.width, size.width - x)), height: Math.max(1, Math.min(box.height, size.height - y)) };
+}
+
+function writeError(error: unknown, target: string, dir: string): LinewatchError {
+  const code = (error as NodeJS.ErrnoException).code;
+  const what = `cannot write snapshot ${target}: ${messageOf(error)}`;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new LinewatchError(what, { hint: `the disk holding ${dir} is full: free space there or lower snapshots.retain`, cause: error });
+  }
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+    return new LinewatchError(what, {
+      hint: `linewatch may not write to ${dir}: fix its owner or permissions, or point dataDir elsewhere (under systemd the unit allows only /var/lib/linewatch)`,
+      cause: error,
+    });
+  }
+  return new LinewatchError(what, { hint: `check that ${dir} is a writable directory`, cause: error });
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,120 @@
+import { ModelError } from '../errors.js';
+import type { ImageTensor } from '../image/tensor.js';
+import type { ScoringSettings } from '../model/manifest.js';
+import { latentNovelty } from './latent.js';
+import { gaussianBlur, ignoredPixels, pool, squaredErrorMap, ssimErrorMap, zeroIgnored } from './maps.js';
+
+export interface FrameScore {
+  /** What thresholds and events use: the z-score(s) selected by `settings.scorer`. */
+  score: number;
+  /** Pooled reconstruction-error map, before normalisation. */
+  recon: number;
+  /** Latent novelty (mean distance to the k nearest training latents), before normalisation; NaN without a latent memory. */
+  latent: number;
+  /** The blurred anomaly map at model resolution with border and ignored pixels zeroed, for heatmaps. */
+  map: Float32Array;
+}
+
+export interface ComponentStats {
+  mean: number;
+  std: number;
+}
+
+/**
+ * Smallest std a normalisation may hold: a component that never varied on the
+ * held-out images would otherwise divide by zero.
+ */
+export const MIN_COMPONENT_STD = 1e-9;
+
+/** Mean and sample std of one score component on held-out normal images, for `settings.normalisation`. */
+export function componentStats(values: ArrayLike<number>): ComponentStats {
+  const n = values.length;
+  if (n === 0) throw new RangeError('cannot normalise a score component from zero values');
+  let mean = 0;
+  for (let i = 0; i < n; i++) mean += values[i]!;
+  mean /= n;
+  let squares = 0;
+  for (let i = 0; i < n; i++) squares += (values[i]! - mean) ** 2;
+  const std = n > 1 ? Math.sqrt(squares / (n - 1)) : 0;
+  return { mean, std: Math.max(std, MIN_COMPONENT_STD) };
+}
+
+const zScore = (value: number, stats: ComponentStats | undefined) => (stats ? (value - stats.mean) / stats.std : value);
+
+/**
+ * A frame score from its raw components: the z-score of recon, of latent, or their
+ * sum (hybrid); a component without normalisation stats counts as is.
+ */
+export function combineComponents(settings: Pick<ScoringSettings, 'scorer' | 'normalisation'>, recon: number, latent: number): number {
+  const reconZ = zScore(recon, settings.normalisation.recon);
+  const latentZ = zScore(latent, settings.normalisation.latent);
+  switch (settings.scorer) {
+    case 'recon':
+      return reconZ;
+    case 'latent':
+      return latentZ;
+    case 'hybrid':
+      return reconZ + latentZ;
+  }
+}
+
+/**
+ * Scores frames exactly as the bundle's manifest says, so `eval`, calibration and
+ * the live pipeline agree: error map -> blur -> border/ignore -> pooling, latent
+ * novelty, then the z-score combination chosen by `settings.scorer`.
+ */
+export class FrameScorer {
+  readonly settings: ScoringSettings;
+  readonly latentDim: number;
+  private readonly memory: Float32Array;
+  /** Keyed by mask identity: callers pass the same, unchanged mask array for every frame of a camera. */
+  private borderCache?: { width: number; height: number; mask?: Uint8Array; ignored: Uint8Array };
+
+  constructor(settings: ScoringSettings, memory: Float32Array, latentDim: number) {
+    if (memory.length % latentDim !== 0) {
+      throw new ModelError(`latent memory has ${memory.length} values, not a multiple of the latent dimension ${latentDim}`, {
+        hint: 'the bundle\'s memory file does not belong to this model; retrain or re-export the bundle',
+      });
+    }
+    if (settings.scorer !== 'recon' && memory.length === 0) {
+      throw new ModelError(`scorer "${settings.scorer}" needs the training images' latent memory, but the bundle has none`, {
+        hint: 'use scorer "recon", or retrain so the bundle includes memory.<variant>.f32',
+      });
+    }
+    this.settings = settings;
+    this.memory = memory;
+    this.latentDim = latentDim;
+  }
+
+  get hasLatentMemory(): boolean {
+    return this.memory.length > 0;
+  }
+
+  /**
+   * `recon` is this image's reconstruction (CHW, same size as `input`), `mu` its latent
+   * mean (first `latentDim` values are used). `ignoreMask` (1 = ignore) is at model resolution.
+   */
+  score(input: ImageTensor, recon: Float32Array, mu: Float32Array, ignoreMask?: Uint8Array): FrameScore {
+    const s = this.settings;
+    const { width, height } = input;
+    const raw = s.errorMap === 'ssim' ? ssimErrorMap(input, recon, s.ssimWindow) : squaredErrorMap(input, recon);
+    const blurred = gaussianBlur(raw, width, height, s.blurSigma);
+    const ignored = this.ignored(width, height, ignoreMask);
+    const reconScore = pool(blurred, s.pooling, s.topkFraction, ignored);
+    const latent = this.hasLatentMemory ? latentNovelty(mu, this.memory, this.latentDim, s.latentK) : Number.NaN;
+    return { score: this.combine(reconScore, latent), recon: reconScore, latent, map: zeroIgnored(blurred, ignored) };
+  }
+
+  /** The frame score from its two raw components, per `settings.scorer` and `settings.normalisation`. */
+  combine(recon: number, latent: number): number {
+    return combineComponents(this.settings, recon, latent);
+  }
+
+  private ignored(width: number, height: number, mask: Uint8Array | undefined): Uint8Array {
+    const cached = this.borderCache;
+    if (cached && cached.width === width && cached.height === height && cached.mask === mask) return cached.ignored;
+    const ignored = ignoredPixels(width, height, this.settings.border, mask);
+    this.borderCache = { width, height, mask, ignored };
+    return ignored;
+  }
+}

@@ -1,0 +1,260 @@
+import type { ImageTensor } from '../image/tensor.js';
+
+/**
+ * Per-pixel anomaly maps between an input image and its reconstruction.
+ * Maps are width x height Float32Arrays (row-major), averaged over channels.
+ * Pure functions: no I/O, inputs are never modified.
+ */
+
+export type PoolingMode = 'max' | 'mean' | 'topk';
+
+/** SSIM stabilisers for data in [0, 1] (Wang et al. 2004: (0.01 L)^2, (0.03 L)^2 with L = 1). */
+const SSIM_C1 = 0.01 ** 2;
+const SSIM_C2 = 0.03 ** 2;
+
+function checkReconstruction(input: ImageTensor, recon: Float32Array): void {
+  if (recon.length !== input.data.length) {
+    throw new RangeError(`reconstruction has ${recon.length} values, input ${input.width}x${input.height}x${input.channels} has ${input.data.length}`);
+  }
+}
+
+/** Squared difference per pixel, mean over channels. */
+export function squaredErrorMap(input: ImageTensor, recon: Float32Array): Float32Array {
+  checkReconstruction(input, recon);
+  const plane = input.width * input.height;
+  const map = new Float32Array(plane);
+  const x = input.data;
+  for (let c = 0; c < input.channels; c++) {
+    const offset = c * plane;
+    for (let i = 0; i < plane; i++) {
+      const d = x[offset + i]! - recon[offset + i]!;
+      map[i]! += d * d;
+    }
+  }
+  if (input.channels > 1) for (let i = 0; i < plane; i++) map[i]! /= input.channels;
+  return map;
+}
+
+/**
+ * 1 - SSIM per pixel, mean over channels. Local statistics use a Gaussian window of
+ * `window` taps (sigma 1.5 for the classic 11, scaled with the window), with edge
+ * pixels replicated so the map keeps the image size.
+ */
+export function ssimErrorMap(input: ImageTensor, recon: Float32Array, window = 11): Float32Array {
+  checkReconstruction(input, recon);
+  const { width: w, height: h, channels } = input;
+  const plane = w * h;
+  const kernel = gaussianKernel((1.5 * window) / 11, Math.floor(window / 2));
+  const radius = (kernel.length - 1) >> 1;
+  // Float64 statistics: variance as E[x^2] - E[x]^2 cancels badly in float32 next to C2.
+  const [sx, sy, sxx, syy, sxy] = [0, 1, 2, 3, 4].map(() => new Float64Array(plane)) as [Float64Array, Float64Array, Float64Array, Float64Array, Float64Array];
+  const rowOffsets = new Int32Array(kernel.length);
+  const map = new Float32Array(plane);
+  for (let c = 0; c < channels; c++) {
+    const x = input.data.subarray(c * plane, (c + 1) * plane);
+    const y = recon.subarray(c * plane, (c + 1) * plane);
+    // Horizontal pass: all five local sums at once, so each pixel pair is read once per tap.
+    for (let row = 0; row < h; row++) {
+      const base = row * w;
+      for (let col = 0; col < w; col++) {
+        let ax = 0, ay = 0, axx = 0, ayy = 0, axy = 0;
+        for (let k = 0; k < kernel.length; k++) {
+          const at = col + k - radius;
+          const j = base + (at < 0 ? 0 : at >= w ? w - 1 : at);
+          const weight = kernel[k]!;
+          const xv = x[j]!;
+          const yv = y[j]!;
+          ax += weight * xv;
+          ay += weight * yv;
+          axx += weight * xv * xv;
+          ayy += weight * yv * yv;
+          axy += weight * xv * yv;
+        }
+        const i = base + col;
+        sx[i] = ax;
+        sy[i] = ay;
+        sxx[i] = axx;
+        syy[i] = ayy;
+        sxy[i] = axy;
+      }
+    }
+    // Vertical pass, finishing each pixel's SSIM straight from the accumulated moments.
+    for (let row = 0; row < h; row++) {
+      for (let k = 0; k < kernel.length; k++) {
+        const at = row + k - radius;
+        rowOffsets[k] = (at < 0 ? 0 : at >= h ? h - 1 : at) * w;
+      }
+      for (let col = 0; col < w; col++) {
+        let mx = 0, my = 0, exx = 0, eyy = 0, exy = 0;
+        for (let k = 0; k < kernel.length; k++) {
+          const j = rowOffsets[k]! + col;
+          const weight = kernel[k]!;
+          mx += weight * sx[j]!;
+          my += weight * sy[j]!;
+          exx += weight * sxx[j]!;
+          eyy += weight * syy[j]!;
+          exy += weight * sxy[j]!;
+        }
+        const varX = exx - mx * mx;
+        const varY = eyy - my * my;
+        const cov = exy - mx * my;
+        const ssim = ((2 * mx * my + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mx * mx + my * my + SSIM_C1) * (varX + varY + SSIM_C2));
+        map[row * w + col]! += 1 - ssim;
+      }
+    }
+  }
+  if (channels > 1) for (let i = 0; i < plane; i++) map[i]! /= channels;
+  return map;
+}
+
+/** Separable Gaussian blur with replicated edges; sigma 0 returns a copy. */
+export function gaussianBlur(map: Float32Array, width: number, height: number, sigma: number): Float32Array {
+  checkMap(map, width, height);
+  if (sigma <= 0) return map.slice();
+  const kernel = gaussianKernel(sigma, Math.ceil(3 * sigma));
+  return convolveSeparable(map, width, height, kernel, new Float32Array(map.length), new Float32Array(map.length));
+}
+
+/** Normalised 1-D Gaussian of 2 * radius + 1 taps. */
+export function gaussianKernel(sigma: number, radius: number): Float64Array {
+  const kernel = new Float64Array(2 * radius + 1);
+  let sum = 0;
+  for (let i = -radius; i <= radius; i++) {
+    const v = Math.exp(-(i * i) / (2 * sigma * sigma));
+    kernel[i + radius] = v;
+    sum += v;
+  }
+  for (let i = 0; i < kernel.length; i++) kernel[i]! /= sum;
+  return kernel;
+}
+
+type Plane = Float32Array | Float64Array;
+
+function convolveSeparable<T extends Plane>(src: Plane, w: number, h: number, kernel: Float64Array, scratch: Plane, out: T): T {
+  const radius = (kernel.length - 1) >> 1;
+  const clampX = (x: number) => (x < 0 ? 0 : x >= w ? w - 1 : x);
+  // Rows: edge pixels are replicated; the interior skips the clamping (the hot loop).
+  for (let y = 0; y < h; y++) {
+    const row = y * w;
+    for (let x = 0; x < w; x++) {
+      let acc = 0;
+      if (x >= radius && x < w - radius) {
+        const start = row + x - radius;
+        for (let k = 0; k < kernel.length; k++) acc += kernel[k]! * src[start + k]!;
+      } else {
+        for (let k = -radius; k <= radius; k++) acc += kernel[k + radius]! * src[row + clampX(x + k)]!;
+      }
+      scratch[row + x] = acc;
+    }
+  }
+  // Columns: whole rows at a time, which walks memory in order.
+  for (let y = 0; y < h; y++) {
+    const target = y * w;
+    out.fill(0, target, target + w);
+    for (let k = -radius; k <= radius; k++) {
+      const yy = y + k < 0 ? 0 : y + k >= h ? h - 1 : y + k;
+      const weight = kernel[k + radius]!;
+      const source = yy * w;
+      for (let x = 0; x < w; x++) out[target + x]! += weight * scratch[source + x]!;
+    }
+  }
+  return out;
+}
+
+function checkMap(map: Float32Array, width: number, height: number): void {
+  if (map.length !== width * height) throw new RangeError(`map has ${map.length} values, expected ${width}x${height}`);
+}
+
+/**
+ * The pixels scoring leaves out: `border` pixels at each edge (reconstructions are
+ * worst there) plus any set in `ignoreMask` (1 = ignore, e.g. a timestamp overlay).
+ */
+export function ignoredPixels(width: number, height: number, border: number, ignoreMask?: Uint8Array): Uint8Array {
+  if (ignoreMask && ignoreMask.length !== width * height) {
+    throw new RangeError(`ignore mask has ${ignoreMask.length} values, expected ${width}x${height}`);
+  }
+  const ignored = ignoreMask ? ignoreMask.slice() : new Uint8Array(width * height);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      if (x < border || y < border || x >= width - border || y >= height - border) ignored[y * width + x] = 1;
+    }
+  }
+  return ignored;
+}
+
+/** A copy of `map` with the border (and ignored pixels) set to 0, as shown in heatmaps. */
+export function applyBorder(map: Float32Array, width: number, height: number, border: number, ignoreMask?: Uint8Array): Float32Array {
+  checkMap(map, width, height);
+  return zeroIgnored(map, ignoredPixels(width, height, border, ignoreMask));
+}
+
+export function zeroIgnored(map: Float32Array, ignored: Uint8Array): Float32Array {
+  const out = map.slice();
+  for (let i = 0; i < out.length; i++) if (ignored[i]) out[i] = 0;
+  return out;
+}
+
+/**
+ * One number from a map: its max, mean, or the mean of its highest `topkFraction`
+ * of pixels (at least one). Pixels set in `ignored` do not count; if every pixel
+ * is ignored the result is 0.
+ */
+export function pool(map: Float32Array, mode: PoolingMode, topkFraction = 0.01, ignored?: Uint8Array): number {
+  const values = ignored ? keptValues(map, ignored) : map;
+  if (values.length === 0) return 0;
+  switch (mode) {
+    case 'max': {
+      let max = -Infinity;
+      for (let i = 0; i < values.length; i++) if (values[i]! > max) max = values[i]!;
+      return max;
+    }
+    case 'mean': {
+      let sum = 0;
+      for (let i = 0; i < values.length; i++) sum += values[i]!;
+      return sum / values.length;
+    }
+    case 'topk': {
+      if (!(topkFraction > 0 && topkFraction <= 1)) throw new RangeError(`topkFraction must be in (0, 1], got ${topkFraction}`);
+      const k = Math.max(1, Math.ceil(topkFraction * values.length));
+      const work = values === map ? map.slice() : values;
+      selectKthSmallest(work, work.length - k);
+      let sum = 0;
+      for (let i = work.length - k; i < work.length; i++) sum += work[i]!;
+      return sum / k;
+    }
+  }
+}
+
+function keptValues(map: Float32Array, ignored: Uint8Array): Float32Array {
+  const kept = new Float32Array(map.length);
+  let count = 0;
+  for (let i = 0; i < map.length; i++) if (!ignored[i]) kept[count++] = map[i]!;
+  return kept.subarray(0, count);
+}
+
+/** Quickselect: reorders `a` so a[k] is the k-th smallest, smaller before it, larger after. */
+function selectKthSmallest(a: Float32Array, k: number): void {
+  let lo = 0;
+  let hi = a.length - 1;
+  while (hi > lo) {
+    const pivot = medianOfThree(a[lo]!, a[(lo + hi) >> 1]!, a[hi]!);
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (a[i]! < pivot) i++;
+      while (a[j]! > pivot) j--;
+      if (i <= j) {
+        const t = a[i]!;
+        a[i] = a[j]!;
+        a[j] = t;
+        i++;
+        j--;
+      }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else return;
+  }
+}
+
+const medianOfThree = (a: number, b: number, c: number) => Math.max(Math.min(a, b), Math.min(Math.max(a, b), c));

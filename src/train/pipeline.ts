@@ -1,0 +1,246 @@
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+import { UsageError } from '../errors.js';
+import { loadImages, resolveImageList } from '../image/load.js';
+import type { ImageTensor } from '../image/tensor.js';
+import { writeBundle, assertBundleTarget } from '../model/bundle.js';
+import { exportOnnx } from '../model/export.js';
+import { inferImages, packRows } from '../model/infer.js';
+import {
+  MANIFEST_FORMAT,
+  MANIFEST_FORMAT_VERSION,
+  ScoringSettingsSchema,
+  type Calibration,
+  type Manifest,
+  type ScoringSettings,
+} from '../model/manifest.js';
+import { OnnxModel } from '../model/onnx.js';
+import { foldUpsampleModel, quantizeInt8 } from '../model/quantize.js';
+import { componentStats, FrameScorer } from '../scoring/frame.js';
+import { calibrate } from '../scoring/metrics.js';
+import { decodeVideoFrames } from '../source/decode.js';
+import { LINEWATCH_VERSION } from '../version.js';
+import { seededRandom, shuffled } from './random.js';
+import { trainVae, type VaeConfig } from './vae.js';
+
+export interface TrainBundleOptions {
+  /** A folder of images or a list file (with `root` for relative paths). */
+  images?: string;
+  root?: string;
+  /** A video file or stream URL to take normal frames from. */
+  video?: string;
+  start?: number;
+  duration?: number;
+  fps?: number;
+  width: number;
+  height: number;
+  channels: 1 | 3;
+  filters: number[];
+  latentDim: number;
+  beta: number;
+  /** Absent: enough passes for ~6000 image presentations, at least 25. */
+  epochs?: number;
+  batchSize?: number;
+  seed: number;
+  valFraction: number;
+  augmentShift?: number;
+  scoring?: Partial<ScoringSettings>;
+  targetFpr: number;
+  int8: boolean;
+  out: string;
+  force: boolean;
+  ffmpegPath?: string;
+  log?: (line: string) => void;
+  onEpoch?: (info: { epoch: number; epochs: number; loss: number; reconLoss: number; kl: number; seconds: number }) => void;
+  signal?: AbortSignal;
+}
+
+export interface TrainBundleResult {
+  manifest: Manifest;
+  dir: string;
+}
+
+/** Largest number of training images used to calibrate int8 activation ranges. */
+const INT8_CALIBRATION_IMAGES = 128;
+
+/** Images -> VAE -> fp32 ONNX -> int8 ONNX -> latent memories -> calibration -> bundle, written atomically. */
+export async function trainBundle(options: TrainBundleOptions): Promise<TrainBundleResult> {
+  const log = options.log ?? (() => {});
+  const began = performance.now();
+  validateShape(options);
+  await assertBundleTarget(options.out, options.force);
+
+  const { images, skipped, source } = await gatherImages(options);
+  log(`data: ${images.length} images from ${source}${skipped ? ` (${skipped} unreadable, skipped)` : ''}`);
+  const random = seededRandom(options.seed);
+  const order = shuffled(images, random);
+  const heldOutCount = Math.max(1, Math.round(order.length * options.valFraction));
+  if (order.length - heldOutCount < 2) {
+    throw new UsageError(`only ${order.length} usable images: need at least ${heldOutCount + 2} (training plus held-out)`, {
+      hint: 'give more normal images (a few hundred is typical), or a longer --duration of video',
+    });
+  }
+  const heldOut = order.slice(0, heldOutCount);
+  const training = order.slice(heldOutCount);
+  const epochs = options.epochs ?? Math.max(25, Math.ceil(6000 / training.length));
+
+  const config: VaeConfig = {
+    width: options.width,
+    height: options.height,
+    channels: options.channels,
+    filters: options.filters,
+    latentDim: options.latentDim,
+    beta: options.beta,
+  };
+  log(`training: ${training.length} images, ${heldOut.length} held out, ${epochs} epochs, seed ${options.seed}`);
+  const { weights, finalLoss } = await trainVae(training, config, {
+    epochs,
+    batchSize: options.batchSize,
+    seed: options.seed,
+    augmentShift: options.augmentShift,
+    onEpoch: options.onEpoch,
+    signal: options.signal,
+  });
+
+  const fp32Bytes = foldUpsampleModel(exportOnnx(weights));
+  const baseScoring = ScoringSettingsSchema.parse({ ...options.scoring, normalisation: {} });
+  const files: Record<string, Uint8Array> = { 'model.onnx': fp32Bytes };
+
+  const fp32 = await scoreVariant(fp32Bytes, training, heldOut, baseScoring, config.latentDim, options.targetFpr, undefined);
+  files['memory.fp32.f32'] = new Uint8Array(fp32.memory.buffer);
+  const scoring = fp32.scoring;
+  const calibration: Manifest['calibration'] = { fp32: fp32.calibration };
+  log(`calibrated fp32: threshold ${fp32.calibration.threshold.toFixed(4)} (${heldOut.length} held-out normal images)`);
+
+  if (options.int8) {
+    options.signal?.throwIfAborted();
+    const calibrationInputs = training.slice(0, INT8_CALIBRATION_IMAGES).map((image) => image.data);
+    const int8Bytes = await quantizeInt8(fp32Bytes, calibrationInputs);
+    const int8 = await scoreVariant(int8Bytes, training, heldOut, scoring, config.latentDim, options.targetFpr, scoring);
+    files['model.int8.onnx'] = int8Bytes;
+    files['memory.int8.f32'] = new Uint8Array(int8.memory.buffer);
+    calibration.int8 = int8.calibration;
+    log(`calibrated int8: threshold ${int8.calibration.threshold.toFixed(4)}`);
+  }
+
+  const manifest: Manifest = {
+    format: MANIFEST_FORMAT,
+    formatVersion: MANIFEST_FORMAT_VERSION,
+    linewatchVersion: LINEWATCH_VERSION,
+    createdAt: new Date().toISOString(),
+    input: { width: config.width, height: config.height, channels: config.channels, normalisation: 'unit', resize: 'stretch' },
+    architecture: { name: 'vae-conv-upsample', latentDim: config.latentDim, filters: config.filters, beta: config.beta },
+    files: {
+      fp32: 'model.onnx',
+      int8: options.int8 ? 'model.int8.onnx' : undefined,
+      memory: { fp32: 'memory.fp32.f32', int8: options.int8 ? 'memory.int8.f32' : undefined },
+      memoryCount: training.length,
+    },
+    scoring,
+    calibration,
+    training: {
+      source,
+      images: training.length,
+      heldOut: heldOut.length,
+      skipped,
+      epochs,
+      seed: options.seed,
+      dataHash: hashImages(images),
+      durationS: Math.round((performance.now() - began) / 100) / 10,
+      finalLoss,
+      augmentShift: options.augmentShift ?? 0,
+    },
+  };
+  options.signal?.throwIfAborted();
+  await writeBundle(options.out, { manifest, files }, { force: options.force });
+  return { manifest, dir: options.out };
+}
+
+interface VariantScores {
+  memory: Float32Array;
+  scoring: ScoringSettings;
+  calibration: Calibration;
+}
+
+/**
+ * Score the held-out normal images with one model variant. Without `fixedScoring`
+ * the component normalisation is measured here (fp32); int8 reuses fp32's so both
+ * variants' scores live on one scale, and only its threshold is its own.
+ */
+async function scoreVariant(
+  modelBytes: Uint8Array,
+  training: ImageTensor[],
+  heldOut: ImageTensor[],
+  scoring: ScoringSettings,
+  latentDim: number,
+  targetFpr: number,
+  fixedScoring: ScoringSettings | undefined,
+): Promise<VariantScores> {
+  const model = await OnnxModel.fromBytes(modelBytes, { threads: 2 });
+  try {
+    const memory = packRows((await inferImages(model, training)).mu);
+    const heldOutOutputs = await inferImages(model, heldOut);
+    let settings = fixedScoring;
+    if (!settings) {
+      const raw = new FrameScorer(scoring, memory, latentDim);
+      const components = heldOut.map((image, i) => raw.score(image, heldOutOutputs.recon[i]!, heldOutOutputs.mu[i]!));
+      settings = {
+        ...scoring,
+        normalisation: {
+          recon: componentStats(components.map((c) => c.recon)),
+          latent: componentStats(components.map((c) => c.latent)),
+        },
+      };
+    }
+    const scorer = new FrameScorer(settings, memory, latentDim);
+    const scores = heldOut.map((image, i) => scorer.score(image, heldOutOutputs.recon[i]!, heldOutOutputs.mu[i]!).score);
+    return { memory, scoring: settings, calibration: calibrate(scores, targetFpr) };
+  } finally {
+    await model.dispose();
+  }
+}
+
+async function gatherImages(options: TrainBundleOptions): Promise<{ images: ImageTensor[]; skipped: number; source: string }> {
+  if (Boolean(options.images) === Boolean(options.video)) {
+    throw new UsageError('give exactly one of --images and --video', {
+      hint: 'e.g. --images ./normal/ or --video line1.mp4 --start 0 --duration 60',
+    });
+  }
+  const shape = { width: options.width, height: options.height, channels: options.channels };
+  if (options.images) {
+    const paths = await resolveImageList(options.images, options.root);
+    const loaded = await loadImages(paths, shape);
+    return { images: loaded.images, skipped: loaded.skipped.length, source: `images:${path.basename(options.images)}` };
+  }
+  const video = options.video!;
+  const frames = await decodeVideoFrames(video, {
+    ...shape,
+    start: options.start,
+    duration: options.duration,
+    fps: options.fps ?? 10,
+    ffmpegPath: options.ffmpegPath,
+    signal: options.signal,
+  });
+  const span = `${options.start ?? 0}s+${options.duration ?? 'all'}s@${options.fps ?? 10}fps`;
+  return { images: frames, skipped: 0, source: `video:${path.basename(video.replace(/[?#].*$/, ''))}:${span}` };
+}
+
+function validateShape(options: TrainBundleOptions): void {
+  const problems: string[] = [];
+  const step = 2 ** options.filters.length;
+  for (const [name, value] of [['width', options.width], ['height', options.height]] as const) {
+    if (!Number.isInteger(value) || value < step || value % step !== 0) {
+      problems.push(`--size: ${name} ${value} must be a multiple of ${step} (2 per encoder level)`);
+    }
+  }
+  if (!(options.valFraction > 0 && options.valFraction < 0.9)) problems.push(`--val-fraction ${options.valFraction} must be in (0, 0.9)`);
+  if (!(options.targetFpr > 0 && options.targetFpr < 1)) problems.push(`--target-fpr ${options.targetFpr} must be in (0, 1)`);
+  if (options.epochs !== undefined && !(Number.isInteger(options.epochs) && options.epochs >= 1)) problems.push(`--epochs must be a whole number >= 1`);
+  if (problems.length) throw new UsageError(problems.join('\n'));
+}
+
+function hashImages(images: readonly ImageTensor[]): string {
+  const hash = createHash('sha256');
+  for (const image of images) hash.update(new Uint8Array(image.data.buffer, image.data.byteOffset, image.data.byteLength));
+  return `sha256:${hash.digest('hex').slice(0, 32)}`;
+}

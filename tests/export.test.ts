@@ -1,0 +1,110 @@
+import onnxProto from 'onnx-proto';
+import * as ort from 'onnxruntime-node';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { imageTensor, type ImageTensor } from '../src/image/tensor.js';
+import { EXPORT_OPSET, exportOnnx } from '../src/model/export.js';
+import { MODEL_IO } from '../src/model/manifest.js';
+import { seededRandom } from '../src/train/random.js';
+import { forwardVae, initTf, trainVae, type VaeConfig, type VaeWeights } from '../src/train/vae.js';
+
+const { onnx } = onnxProto;
+
+/** Smooth random structure with noise, in [0, 1]. */
+function testImages(count: number, config: VaeConfig, seed: number): ImageTensor[] {
+  const random = seededRandom(seed);
+  const { width, height, channels } = config;
+  return Array.from({ length: count }, () => {
+    const image = imageTensor(width, height, channels);
+    const fx = 1 + random() * 3;
+    const fy = 1 + random() * 3;
+    for (let c = 0; c < channels; c++) {
+      const phase = random() * 6;
+      for (let y = 0; y < height; y++) {
+        for (let x = 0; x < width; x++) {
+          const wave = 0.5 + 0.35 * Math.sin((fx * x) / width * 6 + phase) * Math.cos((fy * y) / height * 6);
+          image.data[(c * height + y) * width + x] = Math.min(1, Math.max(0, wave + 0.1 * (random() - 0.5)));
+        }
+      }
+    }
+    return image;
+  });
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length);
+  let max = 0;
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]! - b[i]!));
+  return max;
+}
+
+function packed(images: ImageTensor[]): Float32Array {
+  const out = new Float32Array(images.reduce((n, image) => n + image.data.length, 0));
+  let offset = 0;
+  for (const image of images) {
+    out.set(image.data, offset);
+    offset += image.data.length;
+  }
+  return out;
+}
+
+/** Non-square on purpose: a swapped height/width anywhere in the export breaks the match. */
+const CONFIGS: Record<string, VaeConfig> = {
+  grey: { width: 24, height: 16, channels: 1, filters: [4, 8], latentDim: 6, beta: 0.1 },
+  rgb: { width: 16, height: 24, channels: 3, filters: [4, 6, 8], latentDim: 5, beta: 0.1 },
+};
+
+beforeAll(async () => {
+  await initTf();
+});
+
+describe.each(Object.entries(CONFIGS))('exportOnnx (%s)', (_, config) => {
+  let weights: VaeWeights;
+  let session: ort.InferenceSession;
+  const images = testImages(12, config, 4);
+
+  beforeAll(async () => {
+    // Briefly trained so that biases and the decoder are no longer at their initial values.
+    ({ weights } = await trainVae(images, config, { epochs: 3, batchSize: 4, learningRate: 3e-3, seed: 9 }));
+    session = await ort.InferenceSession.create(exportOnnx(weights));
+  });
+
+  it('declares image -> recon, mu with a symbolic batch dimension', () => {
+    expect(session.inputNames).toEqual([MODEL_IO.input]);
+    expect([...session.outputNames].sort()).toEqual([MODEL_IO.mu, MODEL_IO.recon].sort());
+    const model = onnx.ModelProto.decode(exportOnnx(weights));
+    expect(Number(model.opsetImport[0]!.version)).toBe(EXPORT_OPSET);
+    const input = model.graph!.input![0]!.type!.tensorType!.shape!.dim!;
+    expect(input.map((d) => d.dimParam || Number(d.dimValue))).toEqual(['batch', config.channels, config.height, config.width]);
+    const ops = new Set(model.graph!.node!.map((node) => node.opType));
+    expect([...ops].sort()).toEqual(['Conv', 'Flatten', 'Gemm', 'Relu', 'Reshape', 'Resize', 'Sigmoid']);
+    const names = model.graph!.node!.map((node) => node.name);
+    expect(new Set(names).size).toBe(names.length);
+    expect(names).toContain('encoder.conv0');
+  });
+
+  it.each([1, 3])('matches forwardVae within 1e-4 for batch %i', async (batch) => {
+    const batchImages = images.slice(2, 2 + batch);
+    const reference = forwardVae(weights, batchImages);
+    const { channels, height, width, latentDim } = config;
+    const feeds = { [MODEL_IO.input]: new ort.Tensor('float32', packed(batchImages), [batch, channels, height, width]) };
+    const results = await session.run(feeds);
+    const recon = results[MODEL_IO.recon]!;
+    const mu = results[MODEL_IO.mu]!;
+    expect(recon.dims).toEqual([batch, channels, height, width]);
+    expect(mu.dims).toEqual([batch, latentDim]);
+    expect(maxAbsDiff(recon.data as Float32Array, reference.recon)).toBeLessThan(1e-4);
+    expect(maxAbsDiff(mu.data as Float32Array, reference.mu)).toBeLessThan(1e-4);
+    // Not a trivially constant model: images differ in their latent codes and reconstructions.
+    if (batch > 1) expect(maxAbsDiff(reference.mu.subarray(0, latentDim), reference.mu.subarray(latentDim, 2 * latentDim))).toBeGreaterThan(1e-3);
+  });
+});
+
+describe('exportOnnx input checks', () => {
+  it('names a missing or misshapen weight', async () => {
+    const { weights } = await trainVae(testImages(2, CONFIGS.grey!, 1), CONFIGS.grey!, { epochs: 1, seed: 1 });
+    const { ['decoder.dense.bias']: _dropped, ...rest } = weights.tensors;
+    expect(() => exportOnnx({ ...weights, tensors: rest })).toThrow(/decoder\.dense\.bias is missing/);
+    const bad = { ...weights.tensors, 'encoder.conv0.kernel': { shape: [3, 3, 1, 5], data: new Float32Array(45) } };
+    expect(() => exportOnnx({ ...weights, tensors: bad })).toThrow(/encoder\.conv0\.kernel is \[3, 3, 1, 5\].*expected \[3, 3, 1, 4\]/);
+  });
+});
