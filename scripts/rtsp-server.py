@@ -32,17 +32,21 @@ def demux_access_units(path):
     pipeline.get_by_name("src").set_property("location", path)
     sink = pipeline.get_by_name("sink")
     pipeline.set_state(Gst.State.PLAYING)
+    bus = pipeline.get_bus()
     caps = None
     units = []
+    error = None
     while True:
-        sample = sink.emit("pull-sample")
-        if sample is None:
+        # A demux error posts on the bus but never ends the appsink: poll both.
+        sample = sink.emit("try-pull-sample", 100 * Gst.MSECOND)
+        if sample is not None:
+            caps = sample.get_caps()
+            buffer = sample.get_buffer()
+            units.append((buffer, buffer.pts, buffer.dts, buffer.duration))
+            continue
+        error = bus.pop_filtered(Gst.MessageType.ERROR)
+        if error is not None or sink.get_property("eos"):
             break
-        caps = sample.get_caps()
-        buffer = sample.get_buffer()
-        units.append((buffer, buffer.pts, buffer.dts, buffer.duration))
-    bus = pipeline.get_bus()
-    error = bus.pop_filtered(Gst.MessageType.ERROR)
     pipeline.set_state(Gst.State.NULL)
     if error is not None:
         err, debug = error.parse_error()
@@ -123,8 +127,13 @@ def main():
         return 1
 
     main_loop = GLib.MainLoop()
+
+    def on_signal():
+        main_loop.quit()
+        return GLib.SOURCE_REMOVE
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signum, lambda: (main_loop.quit(), False)[1])
+        GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signum, on_signal)
     print("ready", flush=True)
     main_loop.run()
     return 0

@@ -1,6 +1,7 @@
 import type { CameraConfig } from './config/index.js';
 import type { AgentMetrics } from './health/metrics.js';
 import type { CameraSnapshot, RecentEvent } from './health/agent-snapshot.js';
+import { normaliseInput } from './image/normalise.js';
 import { fromInterleavedBytes, type ImageTensor } from './image/tensor.js';
 import type { Logger } from './log.js';
 import type { LoadedBundle } from './model/bundle.js';
@@ -126,7 +127,7 @@ export class CameraPipeline {
   /** The model input for a frame. */
   tensorOf(frame: Frame): ImageTensor {
     const { input } = this.bundle.manifest;
-    return fromInterleavedBytes(frame.data, input.width, input.height, input.channels);
+    return normaliseInput(fromInterleavedBytes(frame.data, input.width, input.height, input.channels), input.normalisation);
   }
 
   /** Score one frame with its model outputs, update the event state and publish what it changed. */

@@ -60,6 +60,7 @@ beforeAll(async () => {
     width: SIZE,
     height: SIZE,
     channels: 1,
+    normalisation: 'unit',
     filters: [8, 16],
     latentDim: 16,
     beta: 0.1,

@@ -77,14 +77,17 @@ describe.skipIf(skipReason !== undefined)('CameraSource over RTSP (real GStreame
     await source.start();
     await waitForStatus(source, (change) => change.status === 'streaming', 10_000, 'streaming');
     const streamingAt = Date.now();
+    // ffmpeg probes the first second of the stream before decoding, then catches up in a burst: measure after it.
     await framesWithin(source, 20, 5000);
-    const rate = (source.stats().framesIn - 1) / ((Date.now() - streamingAt) / 1000);
+    const windowStart = { frames: source.stats().framesIn, at: Date.now() };
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    const rate = (source.stats().framesIn - windowStart.frames) / ((Date.now() - windowStart.at) / 1000);
     console.log(`rtsp: first frame after ${streamingAt - startedAt} ms, ${rate.toFixed(1)} frames/s delivered at fps=10`);
 
     expect([...sizes]).toEqual([64 * 64]);
     // Served in real time: far fewer frames than a file decoded as fast as possible.
-    expect(rate).toBeGreaterThan(5);
-    expect(rate).toBeLessThan(15);
+    expect(rate).toBeGreaterThan(7);
+    expect(rate).toBeLessThan(13);
     expect(source.sourceSize).toEqual({ width: 640, height: 360 });
     const log = source.stderrTail().join('\n');
     expect(log).toContain(`rtsp://***@127.0.0.1:${server.port}/bottles`);

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { UsageError } from '../src/errors.js';
 import { backoffDelayMs, DEFAULT_BACKOFF } from '../src/source/backoff.js';
-import { buildFfmpegArgs, buildFrameFilter, classifyInput, frameByteLength } from '../src/source/ffmpeg-args.js';
+import { buildFfmpegArgs, buildFrameFilter, classifyInput, frameByteLength, rateCapFilter } from '../src/source/ffmpeg-args.js';
 import { failureDetail, LineRing, scrubCredentials, SourceSizeParser, stripLogPrefixes } from '../src/source/ffmpeg-log.js';
 import { FrameQueue } from '../src/source/frame-queue.js';
 import { FixedSizeFramer, JpegSplitter } from '../src/source/frame-reader.js';
@@ -44,15 +44,17 @@ describe('buildFfmpegArgs', () => {
     expect(valueOf(args, '-rtsp_transport')).toBe('tcp');
     expect(valueOf(args, '-timeout')).toBe('4000000');
     expect(valueOf(args, '-i')).toBe('rtsp://cam/1');
-    expect(valueOf(args, '-filter_complex')).toBe('[0:v:0]fps=5,scale=64:48:flags=area,format=gray[frames]');
-    expect(args.slice(-5)).toEqual(['-map', '[frames]', '-f', 'rawvideo', 'pipe:1']);
+    expect(valueOf(args, '-filter_complex')).toBe(`[0:v:0]${rateCapFilter(5)},scale=64:48:flags=area,format=gray[frames]`);
+    expect(args.slice(-7)).toEqual(['-map', '[frames]', '-fps_mode', 'passthrough', '-f', 'rawvideo', 'pipe:1']);
   });
 
-  it('RTSP: UDP selectable; ffmpeg 4 gets -stimeout because its -timeout means "listen"', () => {
+  it('RTSP: UDP selectable; ffmpeg 4 gets -stimeout (its -timeout means "listen") and -vsync', () => {
     const args = buildFfmpegArgs({ ...base, url: 'rtsp://cam/1', rtspTransport: 'udp', ffmpegMajorVersion: 4 });
     expect(valueOf(args, '-rtsp_transport')).toBe('udp');
     expect(valueOf(args, '-stimeout')).toBe('5000000');
     expect(args).not.toContain('-timeout');
+    expect(valueOf(args, '-vsync')).toBe('passthrough');
+    expect(args).not.toContain('-fps_mode');
   });
 
   it('file: as fast as possible by default; -re and -stream_loop -1 on request, before -i', () => {
@@ -77,7 +79,7 @@ describe('buildFfmpegArgs', () => {
 
   it('crop comes after the rate and before the scale; rgb24 output', () => {
     const filter = buildFrameFilter({ ...base, fps: 2.5, crop: { x: 10, y: 20, width: 300, height: 200 }, pixelFormat: 'rgb24' });
-    expect(filter).toBe('fps=2.5,crop=300:200:10:20,scale=64:48:flags=area,format=rgb24');
+    expect(filter).toBe(`${rateCapFilter(2.5)},crop=300:200:10:20,scale=64:48:flags=area,format=rgb24`);
     expect(frameByteLength({ ...base, pixelFormat: 'rgb24' })).toBe(64 * 48 * 3);
     expect(frameByteLength(base)).toBe(64 * 48);
   });
@@ -121,12 +123,13 @@ describe('buildFfmpegArgs', () => {
   it('preview: a split filtergraph, full frame JPEGs capped at maxWidth on pipe:3', () => {
     const args = buildFfmpegArgs({ ...base, url: 'rtsp://cam/1', fps: 5, crop: { x: 0, y: 0, width: 100, height: 100 }, preview: { fps: 1, maxWidth: 320 } });
     expect(valueOf(args, '-filter_complex')).toBe(
-      "[0:v:0]split=2[analysis][snapshot];[analysis]fps=5,crop=100:100:0:0,scale=64:48:flags=area,format=gray[frames];" +
-        "[snapshot]fps=1,scale='min(320,iw)':-2:out_range=full,format=yuv420p[preview]",
+      `[0:v:0]split=2[analysis][snapshot];[analysis]${rateCapFilter(5)},crop=100:100:0:0,scale=64:48:flags=area,format=gray[frames];` +
+        `[snapshot]${rateCapFilter(1)},scale='min(320,iw)':-2:out_range=full,format=yuv420p[preview]`,
     );
     const previewOutput = args.slice(args.indexOf('pipe:1') + 1);
     expect(previewOutput[0]).toBe('-map');
     expect(previewOutput[1]).toBe('[preview]');
+    expect(valueOf(previewOutput, '-fps_mode')).toBe('passthrough');
     expect(valueOf(previewOutput, '-c:v')).toBe('mjpeg');
     expect(valueOf(previewOutput, '-f')).toBe('image2pipe');
     expect(previewOutput.at(-1)).toBe('pipe:3');

@@ -1,6 +1,7 @@
 import cliProgress from 'cli-progress';
 import { Command, Option } from 'commander';
 import { LinewatchError } from '../errors.js';
+import { INPUT_NORMALISATIONS, type InputNormalisation } from '../image/normalise.js';
 import { trainBundle } from '../train/pipeline.js';
 import { parseChannels, parseInteger, parseIntegerList, parseNumber, parseSize } from './options.js';
 
@@ -13,9 +14,10 @@ interface TrainFlags {
   fps: number;
   size: { width: number; height: number };
   channels: 1 | 3;
+  normalise: InputNormalisation;
   epochs?: number;
   seed: number;
-  valFraction: number;
+  valFraction?: number;
   out: string;
   force: boolean;
   scorer?: 'recon' | 'latent' | 'hybrid';
@@ -41,9 +43,14 @@ export function registerTrain(program: Command): void {
     .option('--fps <n>', 'video: frames per second to sample', parseNumber, 10)
     .option('--size <N|WxH>', 'model input size, a multiple of 8', parseSize, { width: 64, height: 64 })
     .option('--channels <1|3>', '1 = grey, 3 = RGB', parseChannels, 1 as const)
+    .addOption(
+      new Option('--normalise <how>', 'model input: standardise (each image to zero mean, unit spread; robust to lighting) or unit (pixels / 255)')
+        .choices(INPUT_NORMALISATIONS)
+        .default('standardise'),
+    )
     .option('--epochs <n>', 'passes over the training images (default: enough for ~6000 images, at least 25)', parseInteger)
     .option('--seed <n>', 'random seed: the same seed and data give the same model', parseInteger, 1)
-    .option('--val-fraction <f>', 'share of images held out to calibrate the threshold', parseNumber, 0.1)
+    .option('--val-fraction <f>', 'share held out to calibrate the threshold (default 0.1 of images; for --video 0.2, the last stretch in time)', parseNumber)
     .requiredOption('--out <dir>', 'bundle folder to write')
     .option('--force', 'replace an existing bundle folder', false)
     .addOption(
@@ -82,13 +89,14 @@ export function registerTrain(program: Command): void {
           width: flags.size.width,
           height: flags.size.height,
           channels: flags.channels,
+          normalisation: flags.normalise,
           filters: flags.filters,
           latentDim: flags.latent,
           beta: flags.beta,
           epochs: flags.epochs,
           batchSize: flags.batchSize,
           seed: flags.seed,
-          valFraction: flags.valFraction,
+          valFraction: flags.valFraction ?? (fromVideo ? 0.2 : 0.1),
           augmentShift: flags.augmentShift ?? (fromVideo ? 3 : 0),
           // Streams see scene-level changes, which the reconstruction shows and which end when the scene
           // is restored; image sets of textures are better separated by latent nearest-neighbour distance.

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { UsageError } from '../errors.js';
 import { assertMostlyReadable, describeLoadFailure, loadImage, loadMask, LOAD_CONCURRENCY, mapWithConcurrency, type SkippedImage } from '../image/load.js';
+import { normaliseInput } from '../image/normalise.js';
 import type { ImageTensor } from '../image/tensor.js';
 import type { LoadedBundle } from '../model/bundle.js';
 import type { Variant } from '../model/manifest.js';
@@ -115,7 +116,7 @@ export async function evaluate(
     const loaded = await mapWithConcurrency(chunk, LOAD_CONCURRENCY, async (entry): Promise<Loaded | SkippedImage> => {
       let image: ImageTensor;
       try {
-        image = await loadImage(entry.path, size);
+        image = normaliseInput(await loadImage(entry.path, size), size.normalisation);
       } catch (error) {
         return { path: entry.path, reason: describeLoadFailure(error) };
       }

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { ModelError } from '../errors.js';
+import { INPUT_NORMALISATIONS } from '../image/normalise.js';
 
 /**
  * The model bundle: a folder with `manifest.json`, `model.onnx` (fp32),
@@ -77,8 +78,8 @@ export const ManifestSchema = z
         width: z.number().int().min(8),
         height: z.number().int().min(8),
         channels: z.union([z.literal(1), z.literal(3)]),
-        /** Pixels are divided by 255 into [0,1]; frames are stretched to width x height. */
-        normalisation: z.literal('unit'),
+        /** Pixels / 255 (`unit`) or per-image standardised into [0,1] (see src/image/normalise.ts); frames are stretched to width x height. */
+        normalisation: z.enum(INPUT_NORMALISATIONS),
         resize: z.literal('stretch'),
       })
       .strict(),

@@ -174,6 +174,8 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
   private watchdog: NodeJS.Timeout | undefined;
   private restartTimer: NodeJS.Timeout | undefined;
   private attempt = 0;
+  /** Bumped by start() and stop(), so a start() that awaited across a stop() does not spawn. */
+  private generation = 0;
   private lastFailureReason: string | undefined;
   private seq = 0;
   private statusValue: CameraStatus = 'offline';
@@ -255,10 +257,12 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     if (this.running) return;
     this.running = true;
     this.attempt = 0;
-    if (classifyInput(this.options.url) === 'rtsp' && this.options.ffmpegMajorVersion === undefined) {
+    const generation = ++this.generation;
+    if (this.options.ffmpegMajorVersion === undefined) {
       const major = await detectFfmpegMajorVersion(this.ffmpegPath);
       if (major !== undefined) this.args = buildFfmpegArgs({ ...this.options, ffmpegMajorVersion: major });
-      if (!this.running) return;
+      // stop() (and maybe another start()) came while probing: that call owns the camera now.
+      if (generation !== this.generation) return;
     }
     this.setStatus('reconnecting', `connecting to ${scrubCredentials(this.options.url)}`);
     this.spawnFfmpeg();
@@ -267,6 +271,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
   /** SIGTERM, then SIGKILL after stopGraceMs; resolves when ffmpeg has exited. Queued frames are discarded. */
   async stop(): Promise<void> {
     this.running = false;
+    this.generation += 1;
     clearTimeout(this.restartTimer);
     this.restartTimer = undefined;
     this.clearWatchdog();

@@ -38,7 +38,7 @@ export interface FfmpegArgsOptions {
   width: number;
   height: number;
   pixelFormat?: PixelFormat;
-  /** Analysis frames per second; omitted: every decoded frame. */
+  /** Most analysis frames per second (never duplicated to reach it); omitted: every decoded frame. */
   fps?: number;
   /** Crop in source pixels. */
   crop?: CropRect;
@@ -64,7 +64,7 @@ export interface FfmpegArgsOptions {
   device?: { inputFormat?: string; videoSize?: string; framerate?: number };
   /** Low-rate JPEG preview of the whole source frame on pipe:3, for event snapshots. */
   preview?: PreviewOptions | false;
-  /** Major version of the ffmpeg binary; before 5 the RTSP socket timeout was `-stimeout` (default 5). */
+  /** Major version of the ffmpeg binary: before 5, RTSP's socket timeout was `-stimeout` and `-fps_mode` was `-vsync` (default 5). */
   ffmpegMajorVersion?: number;
   /** Escape hatches: inserted just before `-i` / just before `pipe:1`. */
   inputArgs?: readonly string[];
@@ -94,6 +94,19 @@ export function classifyInput(url: string): InputKind {
 }
 
 /**
+ * Keeps the first frame of each 1/fps slot of stream time. Unlike ffmpeg's `fps` filter it never duplicates a
+ * frame: a 5 fps camera analysed at "10" gives 5 frames a second, not 10 with every one twice, and gaps
+ * (packet loss, key-frame-only decoding) stay gaps instead of becoming repeated inference. Frames without a
+ * timestamp, and timestamps that jump back (a stream reset), are kept rather than starving the stream.
+ * Needs `-fps_mode passthrough` on the output, or the muxer re-duplicates frames to a constant rate.
+ */
+export function rateCapFilter(fps: number): string {
+  const keep = `isnan(t)+isnan(prev_selected_t)+lt(t,prev_selected_t)+gt(floor(t*${fps}),floor(prev_selected_t*${fps}))`;
+  // gt(...,0): select sends a frame to output ceil(value)-1, so the sum must be folded to 0 or 1.
+  return `select='gt(${keep},0)'`;
+}
+
+/**
  * The filtergraph that turns decoded video into analysis frames: rate first (so crop and scale only run on
  * kept frames), then crop in source pixels, then stretch to the model size, then the pixel format.
  * Exported so that training decodes frames exactly as the running agent does.
@@ -102,7 +115,7 @@ export function buildFrameFilter(
   options: Pick<FfmpegArgsOptions, 'width' | 'height' | 'pixelFormat' | 'fps' | 'crop' | 'cropFraction'>,
 ): string {
   const steps: string[] = [];
-  if (options.fps !== undefined) steps.push(`fps=${options.fps}`);
+  if (options.fps !== undefined) steps.push(rateCapFilter(options.fps));
   const crop = options.crop;
   if (crop !== undefined) steps.push(`crop=${crop.width}:${crop.height}:${crop.x}:${crop.y}`);
   const share = options.cropFraction;
@@ -131,17 +144,18 @@ export function buildFfmpegArgs(options: FfmpegArgsOptions): string[] {
     args.push('-filter_complex', `[0:v:0]${frameFilter}[frames]`);
   } else {
     const previewFilter = [
-      `fps=${preview.fps ?? 2}`,
+      rateCapFilter(preview.fps ?? 2),
       // out_range=full + yuv420p + -strict unofficial: full-range JPEG without the deprecated yuvj420p warnings.
       `scale='min(${preview.maxWidth ?? 640},iw)':-2:out_range=full`,
       'format=yuv420p',
     ].join(',');
     args.push('-filter_complex', `[0:v:0]split=2[analysis][snapshot];[analysis]${frameFilter}[frames];[snapshot]${previewFilter}[preview]`);
   }
-  args.push('-map', '[frames]', '-f', 'rawvideo', ...(options.outputArgs ?? []), 'pipe:1');
+  const passthrough = (options.ffmpegMajorVersion ?? 5) < 5 ? ['-vsync', 'passthrough'] : ['-fps_mode', 'passthrough'];
+  args.push('-map', '[frames]', ...passthrough, '-f', 'rawvideo', ...(options.outputArgs ?? []), 'pipe:1');
   if (preview !== undefined) {
     args.push(
-      '-map', '[preview]', '-c:v', 'mjpeg', '-strict', 'unofficial', '-color_range', 'pc',
+      '-map', '[preview]', ...passthrough, '-c:v', 'mjpeg', '-strict', 'unofficial', '-color_range', 'pc',
       '-q:v', String(preview.quality ?? 5), '-f', 'image2pipe', `pipe:${PREVIEW_FD}`,
     );
   }

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
 import { loadImages, resolveImageList } from '../image/load.js';
+import { normaliseInput, type InputNormalisation } from '../image/normalise.js';
 import type { ImageTensor } from '../image/tensor.js';
 import { writeBundle, assertBundleTarget } from '../model/bundle.js';
 import { exportOnnx } from '../model/export.js';
@@ -35,6 +36,7 @@ export interface TrainBundleOptions {
   width: number;
   height: number;
   channels: 1 | 3;
+  normalisation: InputNormalisation;
   filters: number[];
   latentDim: number;
   beta: number;
@@ -70,11 +72,14 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
   validateShape(options);
   await assertBundleTarget(options.out, options.force);
 
-  const { images, skipped, source } = await gatherImages(options);
+  const gathered = await gatherImages(options);
+  const { skipped, source } = gathered;
+  const images = gathered.images.map((image) => normaliseInput(image, options.normalisation));
   log(`data: ${images.length} images from ${source}${skipped ? ` (${skipped} unreadable, skipped)` : ''}`);
-  const random = seededRandom(options.seed);
-  const order = shuffled(images, random);
-  const heldOutCount = Math.max(1, Math.round(order.length * options.valFraction));
+  const heldOutCount = Math.max(1, Math.round(images.length * options.valFraction));
+  // Video frames next to each other are near-duplicates: a random split would calibrate the threshold on frames
+  // the model has all but seen. Holding out the last stretch of the video in time gives an honest margin.
+  const order = options.video ? [...images.slice(-heldOutCount), ...images.slice(0, -heldOutCount)] : shuffled(images, seededRandom(options.seed));
   if (order.length - heldOutCount < 2) {
     throw new UsageError(`only ${order.length} usable images: need at least ${heldOutCount + 2} (training plus held-out)`, {
       hint: 'give more normal images (a few hundred is typical), or a longer --duration of video',
@@ -128,7 +133,7 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
     formatVersion: MANIFEST_FORMAT_VERSION,
     linewatchVersion: LINEWATCH_VERSION,
     createdAt: new Date().toISOString(),
-    input: { width: config.width, height: config.height, channels: config.channels, normalisation: 'unit', resize: 'stretch' },
+    input: { width: config.width, height: config.height, channels: config.channels, normalisation: options.normalisation, resize: 'stretch' },
     architecture: { name: 'vae-conv-upsample', latentDim: config.latentDim, filters: config.filters, beta: config.beta },
     files: {
       fp32: 'model.onnx',

@@ -1,0 +1,36 @@
+import type { ImageTensor } from './tensor.js';
+
+/**
+ * How pixels become model input.
+ * - `unit`: pixel / 255, as decoded.
+ * - `standardise`: each image to zero mean and unit standard deviation (over all its
+ *   pixels and channels), then mapped into [0,1] as 0.5 + z / 6 and clipped (so
+ *   +-3 standard deviations fill the range the decoder's sigmoid can produce).
+ *   This removes global brightness and contrast, which on textured parts otherwise
+ *   dominates both the reconstruction and the latent code (measured on Magnetic
+ *   Tile: nearest-neighbour AUROC 0.63 raw vs 0.93 standardised).
+ */
+export const INPUT_NORMALISATIONS = ['unit', 'standardise'] as const;
+export type InputNormalisation = (typeof INPUT_NORMALISATIONS)[number];
+
+const STANDARD_DEVIATIONS_IN_RANGE = 6;
+/** Below this a frame is flat (a black or frozen frame); do not blow its noise up. */
+const MIN_STD = 1 / 255;
+
+export function normaliseInput(image: ImageTensor, normalisation: InputNormalisation): ImageTensor {
+  if (normalisation === 'unit') return image;
+  const { data } = image;
+  let sum = 0;
+  for (let i = 0; i < data.length; i++) sum += data[i]!;
+  const mean = sum / data.length;
+  let squares = 0;
+  for (let i = 0; i < data.length; i++) squares += (data[i]! - mean) ** 2;
+  const std = Math.max(Math.sqrt(squares / data.length), MIN_STD);
+  const scale = 1 / (std * STANDARD_DEVIATIONS_IN_RANGE);
+  const out = new Float32Array(data.length);
+  for (let i = 0; i < data.length; i++) {
+    const value = 0.5 + (data[i]! - mean) * scale;
+    out[i] = value < 0 ? 0 : value > 1 ? 1 : value;
+  }
+  return { ...image, data: out };
+}
