@@ -65,6 +65,7 @@ export class CameraPipeline {
   private lastScoredAt: number | undefined;
   private reportedDrops = 0;
   private reportedRestarts = 0;
+  private stopping = false;
 
   constructor(deps: CameraPipelineDeps) {
     const { camera, bundle } = deps;
@@ -99,7 +100,7 @@ export class CameraPipeline {
       queueCapacity: camera.queueSize,
       stallTimeoutMs: camera.stallTimeoutS * 1000,
       backoff: { initialMs: camera.backoff.initialS * 1000, maxMs: camera.backoff.maxS * 1000 },
-      log: (level: SourceLogLevel, message: string) => deps.log[level](`camera ${camera.name}: ${message}`),
+      log: (level: SourceLogLevel, message: string) => deps.log[level](message),
     });
     this.statusPayload = {
       state: 'offline',
@@ -120,6 +121,7 @@ export class CameraPipeline {
 
   /** Stop ffmpeg, then end an open event with reason `shutdown`. */
   async stop(): Promise<void> {
+    this.stopping = true;
     await this.source.stop();
     this.emit(this.tracker.close('shutdown', Date.now()));
   }
@@ -197,22 +199,19 @@ export class CameraPipeline {
   }
 
   private onStatus(change: CameraStatusChange): void {
-    const { log, metrics, publisher } = this.deps;
+    const { metrics, publisher } = this.deps;
     this.statusPayload = {
       ...this.statusPayload,
       state: change.status,
       reason: change.status === 'streaming' ? null : change.reason,
       since: new Date(change.at).toISOString(),
     };
-    const line = `camera ${this.name}: ${change.status}${change.reason ? ` (${change.reason})` : ''}`;
-    if (change.status === 'streaming') log.info(line);
-    else log.warn(`${line}${change.retryInMs !== undefined ? `; retrying in ${(change.retryInMs / 1000).toFixed(1)} s` : ''}`);
     metrics.cameraState(this.name, change.status);
     this.syncCounters();
     if (change.status !== 'streaming') {
       this.fpsEstimate = 0;
       this.lastScoredAt = undefined;
-      this.emit(this.tracker.close('camera-offline', change.at));
+      this.emit(this.tracker.close(this.stopping ? 'shutdown' : 'camera-offline', change.at));
     }
     publisher.publishCameraStatus(this.name, this.currentStatus());
   }

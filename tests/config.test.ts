@@ -225,7 +225,7 @@ describe('defaults', () => {
         preview: { enabled: false, fps: 1, width: 640 },
         threshold: { mode: 'manifest' },
         ignore: [],
-        debounce: { k: 3, n: 5, endFrames: 10, hysteresis: 0.8, minDurationMs: 1000, cooldownMs: 2000, updateIntervalMs: 1000 },
+        debounce: { k: 3, n: 5, endFrames: 10, hysteresis: 0.8, minDurationMs: 1000, cooldownMs: 0, updateIntervalMs: 1000 },
         snapshots: { enabled: true, retain: 100 },
         scorePublish: false,
       },

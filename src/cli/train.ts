@@ -2,6 +2,7 @@ import cliProgress from 'cli-progress';
 import { Command, Option } from 'commander';
 import { LinewatchError } from '../errors.js';
 import { INPUT_NORMALISATIONS, type InputNormalisation } from '../image/normalise.js';
+import { probeVideoSize } from '../source/decode.js';
 import { trainBundle } from '../train/pipeline.js';
 import { parseChannels, parseInteger, parseIntegerList, parseNumber, parseSize } from './options.js';
 
@@ -12,7 +13,7 @@ interface TrainFlags {
   start?: number;
   duration?: number;
   fps: number;
-  size: { width: number; height: number };
+  size?: { width: number; height: number };
   channels: 1 | 3;
   normalise: InputNormalisation;
   epochs?: number;
@@ -21,12 +22,15 @@ interface TrainFlags {
   out: string;
   force: boolean;
   scorer?: 'recon' | 'latent' | 'hybrid';
+  blur?: number;
+  pooling?: 'max' | 'mean' | 'topk';
   targetFpr: number;
   latent: number;
   filters: number[];
   beta: number;
   batchSize: number;
   augmentShift?: number;
+  calibrationShift?: number;
   int8: boolean;
   ffmpeg: string;
 }
@@ -41,7 +45,7 @@ export function registerTrain(program: Command): void {
     .option('--start <s>', 'video: seconds to skip', parseNumber)
     .option('--duration <s>', 'video: seconds to learn from', parseNumber)
     .option('--fps <n>', 'video: frames per second to sample', parseNumber, 10)
-    .option('--size <N|WxH>', 'model input size, a multiple of 8', parseSize, { width: 64, height: 64 })
+    .option('--size <N|WxH>', 'model input size, multiples of 8 (default: 64x64 for --images; for --video 64 high, as wide as the video\'s aspect ratio)', parseSize)
     .option('--channels <1|3>', '1 = grey, 3 = RGB', parseChannels, 1 as const)
     .addOption(
       new Option('--normalise <how>', 'model input: standardise (each image to zero mean, unit spread; robust to lighting) or unit (pixels / 255)')
@@ -60,6 +64,9 @@ export function registerTrain(program: Command): void {
         'hybrid',
       ]),
     )
+    .option('--blur <sigma>', 'Gaussian blur of the error map in model pixels (default: 4 for --video, 2 for --images); more tolerates small shifts', parseNumber)
+    .addOption(new Option('--pooling <how>', 'error map to score: max, mean or topk (mean of the top 1%) (default: topk for --video, max for --images)').choices(['max', 'mean', 'topk']))
+    .option('--calibration-shift <px>', 'also calibrate on held-out images moved by this many pixels, so such shifts do not alarm (default: the --augment-shift for --video, 0 for --images)', parseInteger)
     .option('--target-fpr <f>', 'false-positive rate on held-out normal images that sets the threshold', parseNumber, 0.005)
     .option('--latent <n>', 'latent size', parseInteger, 64)
     .option('--filters <list>', 'encoder channels per level', parseIntegerList, [16, 32, 64])
@@ -79,6 +86,7 @@ export function registerTrain(program: Command): void {
       process.once('SIGTERM', onSignal);
       const progress = epochProgress();
       try {
+        const size = flags.size ?? (flags.video ? await aspectPreservingSize(flags.video, flags.ffmpeg) : { width: 64, height: 64 });
         const { manifest, dir } = await trainBundle({
           images: flags.images,
           root: flags.root,
@@ -86,8 +94,8 @@ export function registerTrain(program: Command): void {
           start: flags.start,
           duration: flags.duration,
           fps: flags.fps,
-          width: flags.size.width,
-          height: flags.size.height,
+          width: size.width,
+          height: size.height,
           channels: flags.channels,
           normalisation: flags.normalise,
           filters: flags.filters,
@@ -98,9 +106,15 @@ export function registerTrain(program: Command): void {
           seed: flags.seed,
           valFraction: flags.valFraction ?? (fromVideo ? 0.2 : 0.1),
           augmentShift: flags.augmentShift ?? (fromVideo ? 3 : 0),
+          calibrationShift: flags.calibrationShift ?? (fromVideo ? (flags.augmentShift ?? 3) : 0),
           // Streams see scene-level changes, which the reconstruction shows and which end when the scene
           // is restored; image sets of textures are better separated by latent nearest-neighbour distance.
-          scoring: { scorer: flags.scorer ?? (fromVideo ? 'recon' : 'latent') },
+          // Scenes shift a little when objects are put back: a wider blur and top-k pooling keep such frames normal.
+          scoring: {
+            scorer: flags.scorer ?? (fromVideo ? 'recon' : 'latent'),
+            blurSigma: flags.blur ?? (fromVideo ? 4 : 2),
+            pooling: flags.pooling ?? (fromVideo ? 'topk' : 'max'),
+          },
           targetFpr: flags.targetFpr,
           int8: flags.int8,
           out: flags.out,
@@ -131,6 +145,17 @@ export function registerTrain(program: Command): void {
         process.off('SIGTERM', onSignal);
       }
     });
+}
+
+/**
+ * Video frames keep their shape: 64 pixels high and as wide as the aspect ratio
+ * allows in steps of 8 (a 16:9 camera gives 112x64), so objects are not squeezed.
+ */
+async function aspectPreservingSize(video: string, ffmpegPath: string): Promise<{ width: number; height: number }> {
+  const source = await probeVideoSize(video, ffmpegPath);
+  const height = 64;
+  const width = Math.min(256, Math.max(32, Math.round((height * source.width) / source.height / 8) * 8));
+  return { width, height };
 }
 
 /** A progress bar on a terminal, one plain line per epoch otherwise (logs, CI). */

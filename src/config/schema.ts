@@ -146,7 +146,12 @@ export const DebounceSchema = z
       .min(0)
       .default(1000)
       .describe('An event lasts at least this long: a recovery sooner than this is deferred, never suppressed.'),
-    cooldownMs: z.number().int().min(0).default(2000).describe('After an event recovers, frames are ignored for this long before a new one may start.'),
+    cooldownMs: z
+      .number()
+      .int()
+      .min(0)
+      .default(0)
+      .describe('After an event recovers, frames are ignored for this long before a new one may start (0: a new event may start at once; k of n still applies).'),
     updateIntervalMs: z
       .number()
       .int()

@@ -42,3 +42,20 @@ export function toInterleavedBytes(image: ImageTensor): Uint8Array {
   }
   return out;
 }
+
+/** The image moved by (dx, dy) pixels, edges repeated into the uncovered border. */
+export function shiftImage(image: ImageTensor, dx: number, dy: number): ImageTensor {
+  const { width, height, channels, data } = image;
+  const out = new Float32Array(data.length);
+  for (let c = 0; c < channels; c++) {
+    const plane = c * width * height;
+    for (let y = 0; y < height; y++) {
+      const sy = Math.min(height - 1, Math.max(0, y - dy));
+      for (let x = 0; x < width; x++) {
+        const sx = Math.min(width - 1, Math.max(0, x - dx));
+        out[plane + y * width + x] = data[plane + sy * width + sx]!;
+      }
+    }
+  }
+  return { width, height, channels, data: out };
+}

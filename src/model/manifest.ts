@@ -63,6 +63,8 @@ export const CalibrationSchema = z
     }),
     mean: z.number(),
     std: z.number().min(0),
+    /** Held-out images were also scored moved by this many pixels each way: such shifts stay below the threshold. */
+    shiftTolerancePx: z.number().int().min(0).default(0),
   })
   .strict();
 export type Calibration = z.infer<typeof CalibrationSchema>;

@@ -193,7 +193,7 @@ export function pearson(a: ArrayLike<number>, b: ArrayLike<number>): number {
  * scores (never the training images, whose scores are optimistic), plus the score
  * distribution so operators can see the margin.
  */
-export function calibrate(heldOutNormalScores: ArrayLike<number>, targetFpr: number): Calibration {
+export function calibrate(heldOutNormalScores: ArrayLike<number>, targetFpr: number, shiftTolerancePx = 0): Calibration {
   requireScores(heldOutNormalScores, 'held-out normal scores');
   if (!(targetFpr > 0 && targetFpr < 1)) throw new RangeError(`target false-positive rate must be in (0, 1), got ${targetFpr}`);
   const sorted = ascending(heldOutNormalScores);
@@ -206,6 +206,7 @@ export function calibrate(heldOutNormalScores: ArrayLike<number>, targetFpr: num
   return {
     heldOut: n,
     targetFpr,
+    shiftTolerancePx,
     threshold: thresholdForFpr(sorted, targetFpr),
     quantiles: {
       p50: quantile(sorted, 0.5),

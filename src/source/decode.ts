@@ -1,6 +1,8 @@
 import { spawn } from 'node:child_process';
 import { UsageError } from '../errors.js';
 import { fromInterleavedBytes, type ImageTensor } from '../image/tensor.js';
+import { buildFrameFilter } from './ffmpeg-args.js';
+import { scrubCredentials } from './ffmpeg-log.js';
 
 export interface DecodeOptions {
   width: number;
@@ -34,17 +36,11 @@ export async function decodeVideoFrames(url: string, options: DecodeOptions): Pr
   args.push('-i', url);
   if (options.start && live) args.push('-ss', String(options.start));
   if (options.duration !== undefined) args.push('-t', String(options.duration));
+  // The same filter graph as a running camera (src/source/ffmpeg-args.ts), so the model learns from frames
+  // sampled, scaled and converted exactly like the ones it will score.
   const pixelFormat = options.channels === 1 ? 'gray' : 'rgb24';
-  args.push(
-    '-an',
-    '-vf',
-    `fps=${options.fps},scale=${options.width}:${options.height}:flags=area`,
-    '-pix_fmt',
-    pixelFormat,
-    '-f',
-    'rawvideo',
-    'pipe:1',
-  );
+  const filter = buildFrameFilter({ width: options.width, height: options.height, pixelFormat, fps: options.fps });
+  args.push('-an', '-vf', filter, '-fps_mode', 'passthrough', '-pix_fmt', pixelFormat, '-f', 'rawvideo', 'pipe:1');
 
   const frameBytes = options.width * options.height * options.channels;
   const child = spawn(options.ffmpegPath ?? 'ffmpeg', args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -88,6 +84,28 @@ export async function decodeVideoFrames(url: string, options: DecodeOptions): Pr
   return frames;
 }
 
-function scrubCredentials(text: string): string {
-  return text.replace(/(\w+:\/\/)[^/@\s]+@/g, '$1***@');
+/** Width and height of the first video stream, from ffprobe (installed beside ffmpeg). */
+export async function probeVideoSize(url: string, ffmpegPath = 'ffmpeg'): Promise<{ width: number; height: number }> {
+  const ffprobe = ffmpegPath.replace(/ffmpeg(\.exe)?$/, 'ffprobe$1');
+  const args = ['-v', 'error', '-select_streams', 'v:0', '-show_entries', 'stream=width,height', '-of', 'csv=p=0'];
+  if (/^rtsps?:\/\//i.test(url)) args.push('-rtsp_transport', 'tcp', '-timeout', '10000000');
+  args.push(url);
+  const child = spawn(ffprobe, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
+  await new Promise<void>((resolve, reject) => {
+    child.on('error', (error: NodeJS.ErrnoException) =>
+      reject(error.code === 'ENOENT' ? new UsageError(`ffprobe not found at "${ffprobe}"`, { hint: 'install ffmpeg (apt-get install ffmpeg), or pass --size' }) : error),
+    );
+    child.on('close', () => resolve());
+  });
+  const match = /^(\d+),(\d+)/.exec(stdout.trim());
+  if (!match) {
+    throw new UsageError(`cannot read the video size of ${scrubCredentials(url)}: ${scrubCredentials(stderr.trim()) || 'no video stream'}`, {
+      hint: 'check the path or URL, or pass --size',
+    });
+  }
+  return { width: Number(match[1]), height: Number(match[2]) };
 }

@@ -3,10 +3,10 @@ import path from 'node:path';
 import { UsageError } from '../errors.js';
 import { loadImages, resolveImageList } from '../image/load.js';
 import { normaliseInput, type InputNormalisation } from '../image/normalise.js';
-import type { ImageTensor } from '../image/tensor.js';
+import { shiftImage, type ImageTensor } from '../image/tensor.js';
 import { writeBundle, assertBundleTarget } from '../model/bundle.js';
 import { exportOnnx } from '../model/export.js';
-import { inferImages, packRows } from '../model/infer.js';
+import { inferImages, packRows, type ImageOutputs } from '../model/infer.js';
 import {
   MANIFEST_FORMAT,
   MANIFEST_FORMAT_VERSION,
@@ -48,6 +48,8 @@ export interface TrainBundleOptions {
   augmentShift?: number;
   scoring?: Partial<ScoringSettings>;
   targetFpr: number;
+  /** Also calibrate on held-out images moved by this many pixels (scenes where objects are put back slightly off). */
+  calibrationShift?: number;
   int8: boolean;
   out: string;
   force: boolean;
@@ -111,7 +113,8 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
   const baseScoring = ScoringSettingsSchema.parse({ ...options.scoring, normalisation: {} });
   const files: Record<string, Uint8Array> = { 'model.onnx': fp32Bytes };
 
-  const fp32 = await scoreVariant(fp32Bytes, training, heldOut, baseScoring, config.latentDim, options.targetFpr, undefined);
+  const calibrationShift = options.calibrationShift ?? 0;
+  const fp32 = await scoreVariant(fp32Bytes, training, heldOut, calibrationShift, baseScoring, config.latentDim, options.targetFpr, undefined);
   files['memory.fp32.f32'] = new Uint8Array(fp32.memory.buffer);
   const scoring = fp32.scoring;
   const calibration: Manifest['calibration'] = { fp32: fp32.calibration };
@@ -121,7 +124,7 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
     options.signal?.throwIfAborted();
     const calibrationInputs = training.slice(0, INT8_CALIBRATION_IMAGES).map((image) => image.data);
     const int8Bytes = await quantizeInt8(fp32Bytes, calibrationInputs);
-    const int8 = await scoreVariant(int8Bytes, training, heldOut, scoring, config.latentDim, options.targetFpr, scoring);
+    const int8 = await scoreVariant(int8Bytes, training, heldOut, calibrationShift, scoring, config.latentDim, options.targetFpr, scoring);
     files['model.int8.onnx'] = int8Bytes;
     files['memory.int8.f32'] = new Uint8Array(int8.memory.buffer);
     calibration.int8 = int8.calibration;
@@ -176,6 +179,7 @@ async function scoreVariant(
   modelBytes: Uint8Array,
   training: ImageTensor[],
   heldOut: ImageTensor[],
+  calibrationShift: number,
   scoring: ScoringSettings,
   latentDim: number,
   targetFpr: number,
@@ -198,8 +202,11 @@ async function scoreVariant(
       };
     }
     const scorer = new FrameScorer(settings, memory, latentDim);
-    const scores = heldOut.map((image, i) => scorer.score(image, heldOutOutputs.recon[i]!, heldOutOutputs.mu[i]!).score);
-    return { memory, scoring: settings, calibration: calibrate(scores, targetFpr) };
+    const scoreAll = (images: ImageTensor[], outputs: ImageOutputs) =>
+      images.map((image, i) => scorer.score(image, outputs.recon[i]!, outputs.mu[i]!).score);
+    const shifted = shiftedCopies(heldOut, calibrationShift);
+    const scores = [...scoreAll(heldOut, heldOutOutputs), ...scoreAll(shifted, await inferImages(model, shifted))];
+    return { memory, scoring: settings, calibration: calibrate(scores, targetFpr, calibrationShift) };
   } finally {
     await model.dispose();
   }
@@ -242,6 +249,18 @@ function validateShape(options: TrainBundleOptions): void {
   if (!(options.targetFpr > 0 && options.targetFpr < 1)) problems.push(`--target-fpr ${options.targetFpr} must be in (0, 1)`);
   if (options.epochs !== undefined && !(Number.isInteger(options.epochs) && options.epochs >= 1)) problems.push(`--epochs must be a whole number >= 1`);
   if (problems.length) throw new UsageError(problems.join('\n'));
+}
+
+/** Each image moved by `shift` pixels left, right, up and down (none for shift 0). */
+function shiftedCopies(images: ImageTensor[], shift: number): ImageTensor[] {
+  if (shift <= 0) return [];
+  const moves = [
+    [shift, 0],
+    [-shift, 0],
+    [0, shift],
+    [0, -shift],
+  ] as const;
+  return images.flatMap((image) => moves.map(([dx, dy]) => shiftImage(image, dx, dy)));
 }
 
 function hashImages(images: readonly ImageTensor[]): string {
