@@ -135,7 +135,7 @@ export class CameraPipeline {
   /** Score one frame with its model outputs, update the event state and publish what it changed. */
   score(frame: Frame, image: ImageTensor, recon: Float32Array, mu: Float32Array, inferenceSeconds: number): FrameScore {
     const result = this.bundle.scorer.score(image, recon, mu, this.ignoreMask);
-    const { metrics, publisher, camera } = { ...this.deps, camera: this.deps.camera };
+    const { metrics, publisher, camera } = this.deps;
     this.framesScored++;
     this.lastScore = result.score;
     if (this.lastScoredAt !== undefined) {

@@ -1,18 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { CalibrationSchema } from '../src/model/manifest.js';
 import { auroc, calibrate, confusionAt, pearson, pixelAuroc, quantile, rocCurve, thresholdForFpr } from '../src/scoring/metrics.js';
-
-/** Deterministic pseudo-random numbers (mulberry32) so failures reproduce. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom as random } from '../src/train/random.js';
 
 function bruteForceAuroc(normal: number[], anomalous: number[]): number {
   let wins = 0;

@@ -5,17 +5,7 @@ import { ScoringSettingsSchema } from '../src/model/manifest.js';
 import { componentStats, FrameScorer } from '../src/scoring/frame.js';
 import { latentNovelty } from '../src/scoring/latent.js';
 import { applyBorder, gaussianBlur, pool, squaredErrorMap, ssimErrorMap } from '../src/scoring/maps.js';
-
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom as random } from '../src/train/random.js';
 
 /** A smooth textured grey image (like a tile surface), deterministic. */
 function texture(width: number, height: number, channels: 1 | 3 = 1, seed = 1) {

@@ -9,39 +9,16 @@ import { UsageError } from '../src/errors.js';
 import { CameraSource, type CameraSourceOptions, type CameraStatusChange, type Frame } from '../src/source/camera.js';
 import { buildFrameFilter } from '../src/source/ffmpeg-args.js';
 import { freeTcpPort } from './helpers/rtsp.js';
+import { cameraFactory, DEMO_VIDEO, waitForStatus } from './helpers/camera.js';
 
-const VIDEO = fileURLToPath(new URL('../../shared/data/videos/bottle-detection.mp4', import.meta.url));
+const VIDEO = DEMO_VIDEO;
 const haveVideo = existsSync(VIDEO);
 const haveFfmpeg = spawnSync('ffmpeg', ['-version'], { stdio: 'ignore' }).status === 0;
 if (!haveVideo) console.warn(`source-camera tests skipped: ${VIDEO} is absent (see /work/shared/data/README.md)`);
 if (!haveFfmpeg) console.warn('source-camera tests skipped: ffmpeg is not installed');
 
-const cameras: CameraSource[] = [];
-function camera(options: Omit<CameraSourceOptions, 'id'> & { id?: string }): CameraSource {
-  const source = new CameraSource({ id: 'test', ...options });
-  cameras.push(source);
-  return source;
-}
-afterEach(async () => {
-  await Promise.all(cameras.splice(0).map((source) => source.stop()));
-});
+const camera = cameraFactory('test');
 
-/** Resolves with the first status change (current or future) that matches. */
-function waitForStatus(source: CameraSource, match: (change: CameraStatusChange) => boolean, timeoutMs: number, what: string): Promise<CameraStatusChange> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      source.off('status', listener);
-      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; status ${source.status} (${source.statusReason})\n${source.stderrTail().join('\n')}`));
-    }, timeoutMs);
-    const listener = (change: CameraStatusChange): void => {
-      if (!match(change)) return;
-      clearTimeout(timer);
-      source.off('status', listener);
-      resolve(change);
-    };
-    source.on('status', listener);
-  });
-}
 
 function recordStatuses(source: CameraSource): CameraStatusChange[] {
   const changes: CameraStatusChange[] = [];

@@ -5,8 +5,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import { CameraSource, type CameraSourceOptions, type CameraStatusChange } from '../src/source/camera.js';
 import { rtspServerUnavailable, startRtspServer, type RtspServer } from './helpers/rtsp.js';
+import { cameraFactory, DEMO_VIDEO, waitForStatus } from './helpers/camera.js';
 
-const VIDEO = fileURLToPath(new URL('../../shared/data/videos/bottle-detection.mp4', import.meta.url));
+const VIDEO = DEMO_VIDEO;
 const haveFfmpeg = spawnSync('ffmpeg', ['-version'], { stdio: 'ignore' }).status === 0;
 const skipReason = !existsSync(VIDEO)
   ? `${VIDEO} is absent (see /work/shared/data/README.md)`
@@ -15,31 +16,8 @@ const skipReason = !existsSync(VIDEO)
     : rtspServerUnavailable();
 if (skipReason !== undefined) console.warn(`source-rtsp tests skipped: ${skipReason}`);
 
-const cameras: CameraSource[] = [];
-function camera(options: Omit<CameraSourceOptions, 'id'>): CameraSource {
-  const source = new CameraSource({ id: 'rtsp-test', ...options });
-  cameras.push(source);
-  return source;
-}
-afterEach(async () => {
-  await Promise.all(cameras.splice(0).map((source) => source.stop()));
-});
+const camera = cameraFactory('rtsp-test');
 
-function waitForStatus(source: CameraSource, match: (change: CameraStatusChange) => boolean, timeoutMs: number, what: string): Promise<CameraStatusChange> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      source.off('status', listener);
-      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; status ${source.status} (${source.statusReason})\n${source.stderrTail().join('\n')}`));
-    }, timeoutMs);
-    const listener = (change: CameraStatusChange): void => {
-      if (!match(change)) return;
-      clearTimeout(timer);
-      source.off('status', listener);
-      resolve(change);
-    };
-    source.on('status', listener);
-  });
-}
 
 async function framesWithin(source: CameraSource, count: number, timeoutMs: number): Promise<number> {
   const start = source.stats().framesIn;

@@ -4,40 +4,15 @@
  * them, so a change here needs the matching schema change.
  */
 
-export type AnomalyEventType = 'start' | 'update' | 'end';
-export type AnomalyEventEndReason = 'recovered' | 'shutdown' | 'max-duration' | 'camera-offline';
+import type { EndReason, EventBox, EventMessage, EventMessageType } from '../scoring/events.js';
 
+// The event payload is exactly what the debouncer emits (with box and snapshot filled in by the wiring).
+export type AnomalyEventType = EventMessageType;
+export type AnomalyEventEndReason = EndReason;
 /** In source-image pixels. */
-export interface BoundingBox {
-  x: number;
-  y: number;
-  width: number;
-  height: number;
-}
-
-/** One step of an anomaly event's lifecycle, as the debouncer emits it. Times are ISO 8601. */
-export interface AnomalyEventPayload {
-  type: AnomalyEventType;
-  /** uuid, the same for start, updates and end of one event: consumers dedupe and join on it. */
-  id: string;
-  camera: string;
-  at: string;
-  startedAt: string;
-  /** Only on `end`. */
-  endedAt?: string;
-  score: number;
-  peakScore: number;
-  meanScore: number;
-  threshold: number;
-  frames: number;
-  durationMs: number;
-  /** Only on `end`. */
-  reason?: AnomalyEventEndReason;
-  peakAt: string;
-  box: BoundingBox | null;
-  /** Path of a snapshot file on the device, if one was written. */
-  snapshot: string | null;
-}
+export type BoundingBox = EventBox;
+/** One step of an anomaly event's lifecycle. Times are ISO 8601. */
+export type AnomalyEventPayload = EventMessage;
 
 export type CameraState = 'streaming' | 'reconnecting' | 'offline';
 

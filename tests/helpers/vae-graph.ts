@@ -1,6 +1,7 @@
 import onnxProto from 'onnx-proto';
 import { MODEL_IO } from '../../src/model/manifest.js';
 import { weightShapes, type VaeConfig, type VaeWeights } from '../../src/train/vae-config.js';
+import { seededRandom as mulberry32 } from '../../src/train/random.js';
 
 const { onnx } = onnxProto;
 
@@ -16,17 +17,6 @@ export interface VaeGraphSpec {
   filters: number[];
   latentDim: number;
   seed?: number;
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function gaussian(random: () => number): number {
