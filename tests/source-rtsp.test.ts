@@ -73,6 +73,24 @@ describe.skipIf(skipReason !== undefined)('CameraSource over RTSP (real GStreame
     expect(log).not.toContain('operator');
   });
 
+  it('keeps streaming with the JPEG preview on: frames and previews flow, ffmpeg is never restarted', async () => {
+    // Regression: RTSP streams can start with frames of equal timestamps, which once made the preview's
+    // mjpeg encoder fail and ffmpeg restart every few seconds.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const source = camera({ url: server.url, width: 112, height: 64, fps: 10, stallTimeoutMs: 3000, preview: { fps: 1, maxWidth: 640 } });
+      source.on('frame', () => {
+        while (source.take() !== undefined);
+      });
+      await source.start();
+      await waitForStatus(source, (change) => change.status === 'streaming', 10_000, 'streaming');
+      await new Promise((resolve) => setTimeout(resolve, 2500));
+      expect(source.stats().restarts, source.stderrTail().join('\n')).toBe(0);
+      expect(source.status).toBe('streaming');
+      expect(source.stats().previewsIn).toBeGreaterThan(0);
+      await source.stop();
+    }
+  }, 60_000);
+
   it('a stalled server (SIGSTOP) trips the stall watchdog; the camera recovers once it resumes', async () => {
     const source = camera({
       url: server.url,

@@ -129,7 +129,7 @@ describe('buildFfmpegArgs', () => {
     const previewOutput = args.slice(args.indexOf('pipe:1') + 1);
     expect(previewOutput[0]).toBe('-map');
     expect(previewOutput[1]).toBe('[preview]');
-    expect(valueOf(previewOutput, '-fps_mode')).toBe('passthrough');
+    expect(valueOf(previewOutput, '-fps_mode')).toBe('vfr');
     expect(valueOf(previewOutput, '-c:v')).toBe('mjpeg');
     expect(valueOf(previewOutput, '-f')).toBe('image2pipe');
     expect(previewOutput.at(-1)).toBe('pipe:3');

@@ -3,7 +3,6 @@ import { Command, Option } from 'commander';
 import { LinewatchError } from '../errors.js';
 import { INPUT_NORMALISATIONS, type InputNormalisation } from '../image/normalise.js';
 import { probeVideoSize } from '../source/decode.js';
-import { trainBundle } from '../train/pipeline.js';
 import { parseChannels, parseInteger, parseIntegerList, parseNumber, parseSize } from './options.js';
 
 interface TrainFlags {
@@ -85,6 +84,8 @@ export function registerTrain(program: Command): void {
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
       const progress = epochProgress();
+      // Loaded here, not at start-up: TensorFlow.js costs ~60 MB that `linewatch run` should not carry.
+      const { trainBundle } = await import('../train/pipeline.js');
       try {
         const size = flags.size ?? (flags.video ? await aspectPreservingSize(flags.video, flags.ffmpeg) : { width: 64, height: 64 });
         const { manifest, dir } = await trainBundle({

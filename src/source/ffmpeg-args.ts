@@ -151,11 +151,13 @@ export function buildFfmpegArgs(options: FfmpegArgsOptions): string[] {
     ].join(',');
     args.push('-filter_complex', `[0:v:0]split=2[analysis][snapshot];[analysis]${frameFilter}[frames];[snapshot]${previewFilter}[preview]`);
   }
-  const passthrough = (options.ffmpegMajorVersion ?? 5) < 5 ? ['-vsync', 'passthrough'] : ['-fps_mode', 'passthrough'];
-  args.push('-map', '[frames]', ...passthrough, '-f', 'rawvideo', ...(options.outputArgs ?? []), 'pipe:1');
+  const fpsMode = (mode: string) => ((options.ffmpegMajorVersion ?? 5) < 5 ? ['-vsync', mode] : ['-fps_mode', mode]);
+  args.push('-map', '[frames]', ...fpsMode('passthrough'), '-f', 'rawvideo', ...(options.outputArgs ?? []), 'pipe:1');
   if (preview !== undefined) {
+    // vfr, not passthrough: an RTSP stream can start with frames of equal timestamps, which the mjpeg
+    // encoder rejects ("Invalid pts"), failing the whole ffmpeg; vfr drops such duplicates.
     args.push(
-      '-map', '[preview]', ...passthrough, '-c:v', 'mjpeg', '-strict', 'unofficial', '-color_range', 'pc',
+      '-map', '[preview]', ...fpsMode('vfr'), '-c:v', 'mjpeg', '-strict', 'unofficial', '-color_range', 'pc',
       '-q:v', String(preview.quality ?? 5), '-f', 'image2pipe', `pipe:${PREVIEW_FD}`,
     );
   }
