@@ -5,6 +5,7 @@
  * recording before deploying it.
  *
  *   node dist/bench/video-events.js --model models/demo --video assets/demo/bottle-detection.mp4 [--fps 10] [--json out.json]
+ *     [--debounce '{"hysteresis":0.9}']
  */
 import { writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
@@ -23,6 +24,8 @@ const { values } = parseArgs({
     fps: { type: 'string', default: '10' },
     variant: { type: 'string', default: 'int8' },
     json: { type: 'string' },
+    /** Debounce settings as in the config file, e.g. '{"k":3,"n":5,"hysteresis":0.9}'. */
+    debounce: { type: 'string', default: '{}' },
   },
 });
 const fps = Number(values.fps);
@@ -34,7 +37,7 @@ const outputs = await inferImages(bundle.model, images, 16);
 const results = images.map((image, i) => bundle.scorer.score(image, outputs.recon[i]!, outputs.mu[i]!));
 const scores = results.map((r) => r.score);
 const threshold = bundle.calibration!.threshold;
-const tracker = new EventTracker({ camera: 'replay', threshold, ...DebounceSchema.parse({}) });
+const tracker = new EventTracker({ camera: 'replay', threshold, ...DebounceSchema.parse(JSON.parse(values.debounce!)) });
 const messages: EventMessage[] = [];
 scores.forEach((score, i) => messages.push(...tracker.push(score, Math.round((i * 1000) / fps))));
 messages.push(...tracker.close('shutdown', Math.round((scores.length * 1000) / fps)));

@@ -132,14 +132,14 @@ export const DebounceSchema = z
       .number()
       .int()
       .min(1)
-      .default(10)
+      .default(5)
       .describe('An event ends after this many consecutive frames below the lower (hysteresis) threshold.'),
     hysteresis: z
       .number()
       .gt(0)
       .max(1)
-      .default(0.8)
-      .describe('Lower threshold as a fraction of the threshold (0.8 = 80%); frames between the two neither start nor end an event.'),
+      .default(0.9)
+      .describe('Lower threshold as a fraction of the threshold (0.9 = 90%); frames between the two neither start nor end an event.'),
     minDurationMs: z
       .number()
       .int()
