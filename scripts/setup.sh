@@ -9,6 +9,9 @@ packages=(
   # GStreamer's RTSP server, used by the tests to serve a real camera stream
   python3-gi python3-gst-1.0 gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+  # used by the tests: ps/pgrep (no orphaned ffmpeg), openssl (TLS broker certificates),
+  # systemd-notify and systemd-analyze (the service's readiness and unit checks; systemd is not started)
+  procps openssl systemd
 )
 missing=()
 for p in "${packages[@]}"; do
