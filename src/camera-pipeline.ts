@@ -113,6 +113,7 @@ export class CameraPipeline {
     };
     deps.metrics.addCamera(camera.name, this.threshold);
     this.source.on('status', (change) => this.onStatus(change));
+    this.source.on('sourceSize', (size) => this.checkAspect(size));
   }
 
   async start(): Promise<void> {
@@ -214,6 +215,23 @@ export class CameraPipeline {
       this.emit(this.tracker.close(this.stopping ? 'shutdown' : 'camera-offline', change.at));
     }
     publisher.publishCameraStatus(this.name, this.currentStatus());
+  }
+
+  /**
+   * The bundle was trained on frames of its own shape; a camera whose (cropped) view has
+   * another aspect ratio is stretched differently, which the model has never seen.
+   */
+  private checkAspect(size: { width: number; height: number }): void {
+    const crop = this.deps.camera.crop ?? { width: 1, height: 1 };
+    const { width, height } = this.bundle.manifest.input;
+    const cameraAspect = (size.width * crop.width) / (size.height * crop.height);
+    const modelAspect = width / height;
+    if (Math.abs(Math.log(cameraAspect / modelAspect)) > Math.log(1.15)) {
+      this.deps.log.warn(
+        `camera ${this.name}: its view is ${cameraAspect.toFixed(2)}:1 but ${this.bundle.dir} was trained on ${width}x${height} (${modelAspect.toFixed(2)}:1) frames; ` +
+          'scores may be off: train on this camera (linewatch train --video ...) or set a crop of the trained shape',
+      );
+    }
   }
 
   private syncCounters(): void {

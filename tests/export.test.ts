@@ -4,6 +4,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { imageTensor, type ImageTensor } from '../src/image/tensor.js';
 import { EXPORT_OPSET, exportOnnx } from '../src/model/export.js';
 import { MODEL_IO } from '../src/model/manifest.js';
+import { foldUpsampleModel } from '../src/model/quantize.js';
 import { seededRandom } from '../src/train/random.js';
 import { forwardVae, initTf, trainVae, type VaeConfig, type VaeWeights } from '../src/train/vae.js';
 
@@ -60,12 +61,15 @@ beforeAll(async () => {
 describe.each(Object.entries(CONFIGS))('exportOnnx (%s)', (_, config) => {
   let weights: VaeWeights;
   let session: ort.InferenceSession;
+  /** The graph bundles ship: upsample + conv folded into conv + DepthToSpace. */
+  let shipped: ort.InferenceSession;
   const images = testImages(12, config, 4);
 
   beforeAll(async () => {
     // Briefly trained so that biases and the decoder are no longer at their initial values.
     ({ weights } = await trainVae(images, config, { epochs: 3, batchSize: 4, learningRate: 3e-3, seed: 9 }));
     session = await ort.InferenceSession.create(exportOnnx(weights));
+    shipped = await ort.InferenceSession.create(foldUpsampleModel(exportOnnx(weights)));
   });
 
   it('declares image -> recon, mu with a symbolic batch dimension', () => {
@@ -87,13 +91,15 @@ describe.each(Object.entries(CONFIGS))('exportOnnx (%s)', (_, config) => {
     const reference = forwardVae(weights, batchImages);
     const { channels, height, width, latentDim } = config;
     const feeds = { [MODEL_IO.input]: new ort.Tensor('float32', packed(batchImages), [batch, channels, height, width]) };
-    const results = await session.run(feeds);
-    const recon = results[MODEL_IO.recon]!;
-    const mu = results[MODEL_IO.mu]!;
-    expect(recon.dims).toEqual([batch, channels, height, width]);
-    expect(mu.dims).toEqual([batch, latentDim]);
-    expect(maxAbsDiff(recon.data as Float32Array, reference.recon)).toBeLessThan(1e-4);
-    expect(maxAbsDiff(mu.data as Float32Array, reference.mu)).toBeLessThan(1e-4);
+    for (const graph of [session, shipped]) {
+      const results = await graph.run(feeds);
+      const recon = results[MODEL_IO.recon]!;
+      const mu = results[MODEL_IO.mu]!;
+      expect(recon.dims).toEqual([batch, channels, height, width]);
+      expect(mu.dims).toEqual([batch, latentDim]);
+      expect(maxAbsDiff(recon.data as Float32Array, reference.recon)).toBeLessThan(1e-4);
+      expect(maxAbsDiff(mu.data as Float32Array, reference.mu)).toBeLessThan(1e-4);
+    }
     // Not a trivially constant model: images differ in their latent codes and reconstructions.
     if (batch > 1) expect(maxAbsDiff(reference.mu.subarray(0, latentDim), reference.mu.subarray(latentDim, 2 * latentDim))).toBeGreaterThan(1e-3);
   });
