@@ -7,6 +7,7 @@ import { MODEL_IO } from '../src/model/manifest.js';
 import { foldUpsampleModel } from '../src/model/quantize.js';
 import { seededRandom } from '../src/train/random.js';
 import { forwardVae, initTf, trainVae, type VaeConfig, type VaeWeights } from '../src/train/vae.js';
+import { maxAbsDiff } from './helpers/arrays.js';
 
 const { onnx } = onnxProto;
 
@@ -29,13 +30,6 @@ function testImages(count: number, config: VaeConfig, seed: number): ImageTensor
     }
     return image;
   });
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]! - b[i]!));
-  return max;
 }
 
 function packed(images: ImageTensor[]): Float32Array {

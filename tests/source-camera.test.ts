@@ -1,12 +1,11 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { UsageError } from '../src/errors.js';
-import { CameraSource, type CameraSourceOptions, type CameraStatusChange, type Frame } from '../src/source/camera.js';
+import { CameraSource, type CameraStatusChange, type Frame } from '../src/source/camera.js';
 import { buildFrameFilter } from '../src/source/ffmpeg-args.js';
 import { freeTcpPort } from './helpers/rtsp.js';
 import { cameraFactory, DEMO_VIDEO, waitForStatus } from './helpers/camera.js';

@@ -1,9 +1,8 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { CameraSource, type CameraSourceOptions, type CameraStatusChange } from '../src/source/camera.js';
+import { CameraSource, type CameraStatusChange } from '../src/source/camera.js';
 import { rtspServerUnavailable, startRtspServer, type RtspServer } from './helpers/rtsp.js';
 import { cameraFactory, DEMO_VIDEO, waitForStatus } from './helpers/camera.js';
 

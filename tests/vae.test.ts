@@ -4,6 +4,7 @@ import { UsageError } from '../src/errors.js';
 import { imageTensor, type ImageTensor } from '../src/image/tensor.js';
 import { seededRandom } from '../src/train/random.js';
 import { conv3x3, forwardVae, initTf, trainVae, type VaeConfig, type VaeWeights } from '../src/train/vae.js';
+import { maxAbsDiff } from './helpers/arrays.js';
 
 const TINY: VaeConfig = { width: 16, height: 16, channels: 1, filters: [4, 8], latentDim: 8, beta: 0.1 };
 
@@ -26,13 +27,6 @@ function syntheticImages(count: number, seed: number, channels: 1 | 3 = 1, size 
     }
     return image;
   });
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]! - b[i]!));
-  return max;
 }
 
 function sameWeights(a: VaeWeights, b: VaeWeights): boolean {

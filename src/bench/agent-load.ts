@@ -15,7 +15,6 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
-import { createConnection, createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -23,6 +22,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../errors.js';
 import { LINEWATCH_VERSION } from '../version.js';
+import { freePort, waitForListener } from './net.js';
 
 // ---------------------------------------------------------------- settings
 
@@ -176,34 +176,7 @@ class CpuLedger {
 
 // ---------------------------------------------------------------- mosquitto
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
-async function waitForListener(port: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const accepted = await new Promise<boolean>((resolve) => {
-      const socket = createConnection({ host: '127.0.0.1', port });
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (accepted) return;
-    if (Date.now() > deadline) throw new Error(`mosquitto did not listen on 127.0.0.1:${port} within ${timeoutMs} ms`);
-    await sleep(20);
-  }
-}
 
 async function startMosquitto(dir: string): Promise<{ child: ChildProcess; url: string }> {
   const port = await freePort();
@@ -224,7 +197,7 @@ async function startMosquitto(dir: string): Promise<{ child: ChildProcess; url: 
     child.once('exit', (code) => reject(new Error(`mosquitto exited (${code}) at start`)));
   });
   failed.catch(() => undefined);
-  await Promise.race([waitForListener(port, 5000), failed]);
+  await Promise.race([waitForListener(port, 5000, 'mosquitto'), failed]);
   return { child, url: `mqtt://127.0.0.1:${port}` };
 }
 

@@ -1,9 +1,11 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
+import { freePort, waitForListener } from '../../src/bench/net.js';
+
+export { freePort };
 
 /** A real mosquitto broker on 127.0.0.1, started for one test file. */
 export interface MosquittoBroker {
@@ -83,17 +85,6 @@ export function isMosquittoInstalled(): boolean {
   }
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 export async function startMosquitto(options: MosquittoOptions = {}): Promise<MosquittoBroker> {
   const port = options.port ?? (await freePort());
@@ -144,7 +135,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
     const exited = new Promise<never>((_, reject) =>
       started.once('exit', (code) => reject(new Error(`mosquitto exited (${code}) at start:\n${stderr}`))),
     );
-    await Promise.race([waitForListener(port, 5000), exited]);
+    await Promise.race([waitForListener(port, 5000, 'mosquitto'), exited]);
     exited.catch(() => undefined);
   };
 
@@ -174,22 +165,6 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
   };
 }
 
-async function waitForListener(port: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const accepted = await new Promise<boolean>((resolve) => {
-      const socket = createConnection({ host: '127.0.0.1', port });
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (accepted) return;
-    if (Date.now() > deadline) throw new Error(`mosquitto did not listen on 127.0.0.1:${port} within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 export interface ReceivedMessage {
   topic: string;

@@ -1,7 +1,10 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { freePort } from '../../src/bench/net.js';
+
+/** A free loopback TCP port. */
+export const freeTcpPort = freePort;
 
 /** The real GStreamer RTSP server of scripts/rtsp-server.py serving one file, started for a test file. */
 export interface RtspServer {
@@ -43,20 +46,9 @@ export function rtspServerUnavailable(): string | undefined {
   return probe.status === 0 ? undefined : 'python3-gi with GstRtspServer (gir1.2-gst-rtsp-server-1.0) is not installed';
 }
 
-export async function freeTcpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 export async function startRtspServer(options: RtspServerOptions): Promise<RtspServer> {
-  const port = options.port ?? (await freeTcpPort());
+  const port = options.port ?? (await freePort());
   const path = options.path ?? 'stream';
   const args = [SCRIPT, '--file', options.file, '--port', String(port), '--path', path, options.loop === false ? '--no-loop' : '--loop'];
   const child = spawn(PYTHON, args, { stdio: ['ignore', 'pipe', 'pipe'] });
