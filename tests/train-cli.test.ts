@@ -46,6 +46,15 @@ describe('linewatch train', () => {
     expect(readFileSync(path.join(out, 'model.onnx')).equals(before)).toBe(true);
   }, 180_000);
 
+  it('writes to models/<video name> when --out is not given', () => {
+    const cwd = path.join(dir, 'default-out');
+    mkdirSync(cwd);
+    const result = runCli(['train', '--video', DEMO_VIDEO, '--duration', '1', '--epochs', '1', ...TINY], { cwd, timeoutMs: 60_000 });
+    expect(result.code, result.output).toBe(0);
+    expect(result.stdout).toContain(`wrote ${path.join('models', 'bottle-detection')}`);
+    expect(existsSync(path.join(cwd, 'models', 'bottle-detection', 'manifest.json'))).toBe(true);
+  }, 90_000);
+
   it('reports an empty folder, a missing folder and an unreadable video clearly, with exit code 2', () => {
     const empty = path.join(dir, 'empty');
     mkdirSync(empty);

@@ -6,7 +6,8 @@
  *
  *   npm run bench:magnetic-tile -- [--model models/magnetic-tile] [--out out/bench-magnetic-tile]
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { evaluate, type EvalResult } from '../eval/eval.js';
@@ -37,13 +38,9 @@ const splits = path.join(dataRoot, 'splits');
 const outDir = values.out!;
 await mkdir(outDir, { recursive: true });
 
-let modelDir = values.model;
-let trainingSeconds: number | null = null;
-if (!modelDir) {
-  modelDir = path.join(outDir, 'model');
-  const began = performance.now();
-  console.error(`training on ${path.join(splits, 'differnet_train_good.txt')} -> ${modelDir}`);
-  await trainBundle({
+/** The settings of the shipped Magnetic Tile bundle; `epochs: 0` gives the untrained control. */
+function trainOnSplit(out: string, epochs: number | undefined) {
+  return trainBundle({
     images: path.join(splits, 'differnet_train_good.txt'),
     root: dataRoot,
     width: 64,
@@ -53,17 +50,26 @@ if (!modelDir) {
     filters: [16, 32, 64],
     latentDim: 64,
     beta: 0.1,
-    epochs: values.epochs ? Number(values.epochs) : undefined,
+    epochs,
     seed: 1,
     valFraction: 0.1,
     scoring: { scorer: 'latent' },
     targetFpr: 0.005,
     int8: true,
-    out: modelDir,
+    out,
     force: true,
     log: (line) => console.error(line),
     onEpoch: (info) => console.error(`epoch ${info.epoch}/${info.epochs} loss ${info.loss.toFixed(3)} ${info.seconds.toFixed(1)} s`),
   });
+}
+
+let modelDir = values.model;
+let trainingSeconds: number | null = null;
+if (!modelDir) {
+  modelDir = path.join(outDir, 'model');
+  const began = performance.now();
+  console.error(`training on ${path.join(splits, 'differnet_train_good.txt')} -> ${modelDir}`);
+  await trainOnSplit(modelDir, values.epochs ? Number(values.epochs) : undefined);
   trainingSeconds = (performance.now() - began) / 1000;
 }
 
@@ -82,6 +88,15 @@ for (const variant of ['fp32', 'int8'] as Variant[]) {
     await bundle.dispose();
   }
 }
+
+// Control: the same architecture and scoring with the initial, untrained weights. Whatever the trained
+// model scores above this is what training added.
+const untrainedDir = await mkdtemp(path.join(tmpdir(), 'linewatch-untrained-'));
+await trainOnSplit(untrainedDir, 0);
+const untrainedBundle = await loadBundle(untrainedDir, { variant: 'int8', threads: 1 });
+const untrained = summarise(await evaluate(untrainedBundle, normal, anomalous, { batch: 16 }));
+await untrainedBundle.dispose();
+await rm(untrainedDir, { recursive: true, force: true });
 
 // The no-learning baseline, same images, same size, same run.
 const size = { width: manifest.input.width, height: manifest.input.height, channels: manifest.input.channels };
@@ -110,6 +125,7 @@ const report = {
   variants,
   int8MinusFp32ImageAuroc: variants.int8!.imageAuroc - variants.fp32!.imageAuroc,
   baseline,
+  untrainedControl: untrained,
   published: PUBLISHED,
 };
 await writeFile(path.join(outDir, 'results.json'), `${JSON.stringify(report, null, 2)}\n`);
@@ -151,6 +167,10 @@ function markdown(r: typeof report): string {
       `| **linewatch VAE ${name}** | **${pct(v.imageAuroc)}** | ${pct(v.pixelAuroc)} | ${pct(v.components.recon)} | ${pct(v.components.latent)} | ${pct(v.components.hybrid)} | ${pct(v.tpr)} / ${pct(v.fpr)} | ${v.msPerFrame.toFixed(2)} |`,
     );
   }
+  const u = r.untrainedControl;
+  lines.push(
+    `| control: same VAE, untrained (int8) | ${pct(u.imageAuroc)} | ${pct(u.pixelAuroc)} | ${pct(u.components.recon)} | ${pct(u.components.latent)} | ${pct(u.components.hybrid)} | ${pct(u.tpr)} / ${pct(u.fpr)} | ${u.msPerFrame.toFixed(2)} |`,
+  );
   lines.push(`| ${r.baseline.method} | ${pct(r.baseline.imageAuroc)} | – | | | | | ${r.baseline.msPerFrame.toFixed(2)} |`);
   for (const p of r.published) lines.push(`| ${p.method} (published) | ${pct(p.imageAuroc)} | | | | | | |`);
   lines.push('', `int8 minus fp32 image AUROC: ${(r.int8MinusFp32ImageAuroc * 100).toFixed(2)} points.`, '');

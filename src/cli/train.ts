@@ -1,3 +1,4 @@
+import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { Command, Option } from 'commander';
 import { LinewatchError } from '../errors.js';
@@ -18,7 +19,7 @@ interface TrainFlags {
   epochs?: number;
   seed: number;
   valFraction?: number;
-  out: string;
+  out?: string;
   force: boolean;
   scorer?: 'recon' | 'latent' | 'hybrid';
   blur?: number;
@@ -54,7 +55,7 @@ export function registerTrain(program: Command): void {
     .option('--epochs <n>', 'passes over the training images (default: enough for ~6000 images, at least 25)', parseInteger)
     .option('--seed <n>', 'random seed: the same seed and data give the same model', parseInteger, 1)
     .option('--val-fraction <f>', 'share held out to calibrate the threshold (default 0.1 of images; for --video 0.2, the last stretch in time)', parseNumber)
-    .requiredOption('--out <dir>', 'bundle folder to write')
+    .option('--out <dir>', 'bundle folder to write (default: models/<name of the images folder, list or video>)')
     .option('--force', 'replace an existing bundle folder', false)
     .addOption(
       new Option('--scorer <name>', 'frame score: recon (structural reconstruction error), latent (novelty of the latent code), hybrid (both). Default: latent for --images, recon for --video').choices([
@@ -118,7 +119,7 @@ export function registerTrain(program: Command): void {
           },
           targetFpr: flags.targetFpr,
           int8: flags.int8,
-          out: flags.out,
+          out: flags.out ?? defaultBundleDir(flags.images ?? flags.video ?? 'model'),
           force: flags.force,
           ffmpegPath: flags.ffmpeg,
           log: (line) => progress.log(line),
@@ -146,6 +147,12 @@ export function registerTrain(program: Command): void {
         process.off('SIGTERM', onSignal);
       }
     });
+}
+
+/** models/<input name>: `--video line1.mp4` trains models/line1. */
+function defaultBundleDir(input: string): string {
+  const name = path.basename(input.replace(/[?#].*$/, '').replace(/\/+$/, '')).replace(/\.[^.]+$/, '');
+  return path.join('models', name.replace(/[^A-Za-z0-9_-]+/g, '-') || 'model');
 }
 
 /**

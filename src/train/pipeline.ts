@@ -155,7 +155,7 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
       seed: options.seed,
       dataHash: hashImages(images),
       durationS: Math.round((performance.now() - began) / 100) / 10,
-      finalLoss,
+      finalLoss: Number.isFinite(finalLoss) ? finalLoss : undefined,
       augmentShift: options.augmentShift ?? 0,
     },
   };
@@ -247,7 +247,7 @@ function validateShape(options: TrainBundleOptions): void {
   }
   if (!(options.valFraction > 0 && options.valFraction < 0.9)) problems.push(`--val-fraction ${options.valFraction} must be in (0, 0.9)`);
   if (!(options.targetFpr > 0 && options.targetFpr < 1)) problems.push(`--target-fpr ${options.targetFpr} must be in (0, 1)`);
-  if (options.epochs !== undefined && !(Number.isInteger(options.epochs) && options.epochs >= 1)) problems.push(`--epochs must be a whole number >= 1`);
+  if (options.epochs !== undefined && !(Number.isInteger(options.epochs) && options.epochs >= 0)) problems.push(`--epochs must be a whole number >= 0 (0: untrained, a control)`);
   if (problems.length) throw new UsageError(problems.join('\n'));
 }
 

@@ -303,8 +303,9 @@ export async function trainVae(
   const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE;
   const learningRate = options.learningRate ?? DEFAULT_LEARNING_RATE;
   const augmentShift = options.augmentShift ?? 0;
-  if (!Number.isInteger(options.epochs) || options.epochs < 1) {
-    throw new UsageError(`epochs must be a positive integer, got ${options.epochs}`);
+  // 0 epochs returns the initial weights: the untrained control that benchmarks compare against.
+  if (!Number.isInteger(options.epochs) || options.epochs < 0) {
+    throw new UsageError(`epochs must be a whole number >= 0, got ${options.epochs}`);
   }
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError(`batch size must be a positive integer, got ${batchSize}`);
   if (!(learningRate > 0)) throw new UsageError(`learning rate must be > 0, got ${learningRate}`);
