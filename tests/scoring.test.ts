@@ -241,3 +241,29 @@ describe('FrameScorer', () => {
     expect(() => componentStats([])).toThrow(RangeError);
   });
 });
+
+describe('FrameScorer latent space', () => {
+  // Training codes around (0, 0, 5): dimension 0 spreads 10, dimension 1 spreads 1, dimension 2 is constant.
+  const memory = Float32Array.from([10, 0, 5, -10, 0, 5, 0, 1, 5, 0, -1, 5]);
+  const image = imageTensor(4, 4, 1);
+  const recon = new Float32Array(16);
+  const scorerIn = (latentSpace: 'raw' | 'whitened-cosine') =>
+    new FrameScorer(ScoringSettingsSchema.parse({ scorer: 'latent', latentSpace, border: 0 }), memory, 3);
+  const latent = (scorer: FrameScorer, mu: number[]) => scorer.score(image, recon, Float32Array.from(mu)).latent;
+
+  it('raw: plain Euclidean distance to the nearest training code', () => {
+    expect(latent(scorerIn('raw'), [10, 1, 5])).toBeCloseTo(1, 6);
+  });
+
+  it('whitened-cosine: each dimension counts relative to its spread over the training codes', () => {
+    // (10, 1) lies 1 spread out along both dimensions: 45 degrees from its nearest code, 2 sin(22.5 deg) apart on the unit circle.
+    expect(latent(scorerIn('whitened-cosine'), [10, 1, 5])).toBeCloseTo(2 * Math.sin(Math.PI / 8), 5);
+  });
+
+  it('whitened-cosine: distance from the training mean does not matter, only the direction', () => {
+    const scorer = scorerIn('whitened-cosine');
+    expect(latent(scorer, [10, 0, 5])).toBeCloseTo(0, 6);
+    expect(latent(scorer, [20, 0, 5])).toBeCloseTo(0, 6);
+    expect(latent(scorer, [0, 3, 5])).toBeCloseTo(0, 6);
+  });
+});

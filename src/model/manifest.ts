@@ -39,6 +39,12 @@ export const ScoringSettingsSchema = z
     border: z.number().int().min(0).default(2),
     /** Neighbours averaged for latent novelty. */
     latentK: z.number().int().min(1).default(1),
+    /**
+     * Where latent distances are measured: `raw` (Euclidean on mu) or `whitened-cosine` (each
+     * dimension scaled by 1 / its spread over the training codes, then the angle between codes:
+     * no single dimension or overall code size dominates). Bundles written before the option: raw.
+     */
+    latentSpace: z.enum(['raw', 'whitened-cosine']).default('raw'),
     /** z-score normalisation of each component, measured on held-out normal images. */
     normalisation: z
       .object({ recon: ZScore, latent: ZScore })

@@ -66,7 +66,9 @@ export function combineComponents(settings: Pick<ScoringSettings, 'scorer' | 'no
 export class FrameScorer {
   readonly settings: ScoringSettings;
   readonly latentDim: number;
+  /** The training codes in the space distances are measured in (see toLatentSpace). */
   private readonly memory: Float32Array;
+  private readonly latentWhitening: { mean: Float64Array; scale: Float32Array } | undefined;
   /** Keyed by mask identity: callers pass the same, unchanged mask array for every frame of a camera. */
   private borderCache?: { width: number; height: number; mask?: Uint8Array; ignored: Uint8Array };
 
@@ -82,8 +84,35 @@ export class FrameScorer {
       });
     }
     this.settings = settings;
-    this.memory = memory;
     this.latentDim = latentDim;
+    if (settings.latentSpace === 'whitened-cosine' && memory.length > 0) {
+      this.latentWhitening = whitening(memory, latentDim);
+      this.memory = new Float32Array(memory.length);
+      for (let offset = 0; offset < memory.length; offset += latentDim) {
+        this.memory.set(this.toLatentSpace(memory.subarray(offset, offset + latentDim)), offset);
+      }
+    } else {
+      this.memory = memory;
+    }
+  }
+
+  /**
+   * A code in the space distances are measured in. For whitened-cosine: centred on the training
+   * codes' mean and scaled per dimension, then to unit length, where Euclidean distance is a
+   * monotonic function of the angle.
+   */
+  private toLatentSpace(mu: Float32Array): Float32Array {
+    if (!this.latentWhitening) return mu;
+    const { mean, scale } = this.latentWhitening;
+    const out = new Float32Array(this.latentDim);
+    let norm = 0;
+    for (let i = 0; i < this.latentDim; i++) {
+      out[i] = (mu[i]! - mean[i]!) * scale[i]!;
+      norm += out[i]! * out[i]!;
+    }
+    const inverse = norm > 0 ? 1 / Math.sqrt(norm) : 0;
+    for (let i = 0; i < this.latentDim; i++) out[i]! *= inverse;
+    return out;
   }
 
   get hasLatentMemory(): boolean {
@@ -101,7 +130,7 @@ export class FrameScorer {
     const blurred = gaussianBlur(raw, width, height, s.blurSigma);
     const ignored = this.ignored(width, height, ignoreMask);
     const reconScore = pool(blurred, s.pooling, s.topkFraction, ignored);
-    const latent = this.hasLatentMemory ? latentNovelty(mu, this.memory, this.latentDim, s.latentK) : Number.NaN;
+    const latent = this.hasLatentMemory ? latentNovelty(this.toLatentSpace(mu), this.memory, this.latentDim, s.latentK) : Number.NaN;
     return { score: this.combine(reconScore, latent), recon: reconScore, latent, map: zeroIgnored(blurred, ignored) };
   }
 
@@ -117,4 +146,20 @@ export class FrameScorer {
     this.borderCache = { width, height, mask, ignored };
     return ignored;
   }
+}
+
+/**
+ * Mean and 1 / standard deviation of each dimension over the rows. The spread is floored at a
+ * tenth of the median spread: dimensions the VAE left unused (posterior collapse) barely vary,
+ * and scaling them up would turn their noise into distance.
+ */
+function whitening(rows: Float32Array, dim: number): { mean: Float64Array; scale: Float32Array } {
+  const count = rows.length / dim;
+  const mean = new Float64Array(dim);
+  const squares = new Float64Array(dim);
+  for (let offset = 0; offset < rows.length; offset += dim) for (let i = 0; i < dim; i++) mean[i]! += rows[offset + i]! / count;
+  for (let offset = 0; offset < rows.length; offset += dim) for (let i = 0; i < dim; i++) squares[i]! += (rows[offset + i]! - mean[i]!) ** 2;
+  const spread = Array.from(squares, (sum) => Math.sqrt(sum / count));
+  const floor = Math.max(0.1 * [...spread].sort((a, b) => a - b)[Math.floor(dim / 2)]!, 1e-12);
+  return { mean, scale: Float32Array.from(spread, (std) => 1 / Math.max(std, floor)) };
 }

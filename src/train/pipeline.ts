@@ -110,7 +110,7 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
   });
 
   const fp32Bytes = foldUpsampleModel(exportOnnx(weights));
-  const baseScoring = ScoringSettingsSchema.parse({ ...options.scoring, normalisation: {} });
+  const baseScoring = ScoringSettingsSchema.parse({ latentSpace: 'whitened-cosine', ...options.scoring, normalisation: {} });
   const files: Record<string, Uint8Array> = { 'model.onnx': fp32Bytes };
 
   const calibrationShift = options.calibrationShift ?? 0;
