@@ -224,7 +224,8 @@ function stringAttribute(name: string, value: string): AttributeProto {
   return { name, type: onnx.AttributeProto.AttributeType.STRING, s: new TextEncoder().encode(value) };
 }
 
-function floatValueInfo(name: string, dims: Array<number | string>): ValueInfoProto {
+/** A float32 graph input or output; string dims are symbolic (e.g. 'batch'). */
+export function floatValueInfo(name: string, dims: Array<number | string>): ValueInfoProto {
   return {
     name,
     type: {

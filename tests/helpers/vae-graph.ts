@@ -2,6 +2,7 @@ import onnxProto from 'onnx-proto';
 import { MODEL_IO } from '../../src/model/manifest.js';
 import { weightShapes, type VaeConfig, type VaeWeights } from '../../src/train/vae-config.js';
 import { seededRandom as mulberry32 } from '../../src/train/random.js';
+import { floatValueInfo } from '../../src/model/export.js';
 
 const { onnx } = onnxProto;
 
@@ -41,17 +42,6 @@ function attrString(name: string, s: string): onnxProto.onnx.IAttributeProto {
   return { name, type: onnx.AttributeProto.AttributeType.STRING, s: new TextEncoder().encode(s) };
 }
 
-function floatValueInfo(name: string, dims: Array<number | string>): onnxProto.onnx.IValueInfoProto {
-  return {
-    name,
-    type: {
-      tensorType: {
-        elemType: onnx.TensorProto.DataType.FLOAT,
-        shape: { dim: dims.map((d) => (typeof d === 'string' ? { dimParam: d } : { dimValue: d })) },
-      },
-    },
-  };
-}
 
 export function buildVaeGraph(spec: VaeGraphSpec): Uint8Array {
   const random = mulberry32(spec.seed ?? 1);
