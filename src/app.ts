@@ -96,12 +96,13 @@ export class App {
       // Never blocks on the broker: events wait in the durable outbox until it is reachable.
       await this.publisher.connect();
 
-      const snapshots = new SnapshotStore({
-        dir: path.join(config.dataDir, 'snapshots'),
-        retain: Math.max(...cameras.map((camera) => camera.snapshots.retain)),
-        onWarning: (message) => log.warn(message),
-      });
       for (const camera of cameras) {
+        // One store per camera: each keeps its own `retain` newest files under snapshots/<camera>/.
+        const snapshots = new SnapshotStore({
+          dir: path.join(config.dataDir, 'snapshots'),
+          retain: camera.snapshots.retain,
+          onWarning: (message) => log.warn(message),
+        });
         const bundle = await this.bundleFor(camera);
         this.pipelines.push(
           new CameraPipeline({
