@@ -194,7 +194,12 @@ describe('linewatch eval (CLI)', () => {
   it('without --masks has no pixel AUROC; a missing folder is a usage error naming it', async () => {
     const json = path.join(dir, 'plain.json');
     await runCli(['--model', bundleDir, '--normal', path.join(dir, 'normal'), '--anomalous', path.join(dir, 'anomalous'), '--variant', 'fp32', '--json', json]);
-    expect(JSON.parse(await readFile(json, 'utf8'))).toMatchObject({ pixelAuroc: null, variant: 'fp32' });
+    const plain = JSON.parse(await readFile(json, 'utf8'));
+    expect(plain).toMatchObject({ pixelAuroc: null, variant: 'fp32' });
+    // Several folders per label (one per defect type, say) are evaluated together.
+    const twice = path.join(dir, 'twice.json');
+    await runCli(['--model', bundleDir, '--normal', path.join(dir, 'normal'), '--anomalous', path.join(dir, 'anomalous'), path.join(dir, 'anomalous'), '--json', twice]);
+    expect(JSON.parse(await readFile(twice, 'utf8')).counts).toEqual({ ...plain.counts, anomalous: 2 * plain.counts.anomalous });
     await expect(runCli(['--model', bundleDir, '--normal', path.join(dir, 'nowhere'), '--anomalous', path.join(dir, 'anomalous')])).rejects.toThrow(
       /nowhere does not exist/,
     );

@@ -10,8 +10,8 @@ import { parseInteger } from './options.js';
 
 interface EvalFlags {
   model: string;
-  normal: string;
-  anomalous: string;
+  normal: string[];
+  anomalous: string[];
   root?: string;
   masks: boolean;
   variant?: Variant;
@@ -26,8 +26,8 @@ export function registerEval(program: Command): void {
     .command('eval')
     .description('score labelled normal and anomalous images with a model bundle: AUROC, threshold TPR/FPR, speed; optional report')
     .requiredOption('--model <bundle>', 'model bundle folder (written by `linewatch train`)')
-    .requiredOption('--normal <dir|list>', 'normal images: a folder, or a file listing one path per line')
-    .requiredOption('--anomalous <dir|list>', 'anomalous images: a folder, or a file listing one path per line')
+    .requiredOption('--normal <dir|list...>', 'normal images: folders, or files listing one path per line')
+    .requiredOption('--anomalous <dir|list...>', 'anomalous images: folders (e.g. one per defect type), or files listing one path per line')
     .option('--root <dir>', 'folder that relative paths in list files start from (default: each list file\'s folder)')
     .option('--masks', 'read the same-named .png ground-truth mask beside each image and report pixel AUROC', false)
     .addOption(new Option('--variant <name>', 'model variant to evaluate (default: int8 where the bundle has it)').choices([...VARIANTS]))
@@ -36,8 +36,9 @@ export function registerEval(program: Command): void {
     .option('--batch <n>', 'images per model run', parseInteger, DEFAULT_EVAL_BATCH)
     .option('--threads <n>', 'onnxruntime intra-op threads', parseInteger)
     .action(async (flags: EvalFlags) => {
-      const normalPaths = await resolveImageList(flags.normal, flags.root);
-      const anomalousPaths = await resolveImageList(flags.anomalous, flags.root);
+      const resolveAll = async (specs: string[]) => (await Promise.all(specs.map((spec) => resolveImageList(spec, flags.root)))).flat();
+      const normalPaths = await resolveAll(flags.normal);
+      const anomalousPaths = await resolveAll(flags.anomalous);
       const variant = flags.variant ?? (await defaultVariant(flags.model));
       const bundle = await loadBundle(flags.model, { variant, threads: flags.threads, log: (line) => console.error(line) });
       try {
