@@ -46,6 +46,8 @@ export class App {
   private pipelines: CameraPipeline[] = [];
   private health: HealthServer | undefined;
   private pumping = false;
+  /** The inference round in progress: stop() lets it finish so no frame is scored after its camera's events were closed. */
+  private pumpRun: Promise<void> | undefined;
   private pumpAgain = false;
   private stopping = false;
   private brokerUrl = '';
@@ -151,6 +153,7 @@ export class App {
     this.stopping = true;
     await this.notifier.stopping();
     await this.health?.close().catch((error: unknown) => this.log.warn(`health server: ${(error as Error).message}`));
+    await this.pumpRun;
     // Stopping a pipeline stops its ffmpeg and publishes the end of an open event.
     await Promise.all(this.pipelines.map((pipeline) => pipeline.stop()));
     await this.publisher?.close();
@@ -191,12 +194,13 @@ export class App {
   }
 
   private schedulePump(): void {
+    if (this.stopping) return;
     if (this.pumping) {
       this.pumpAgain = true;
       return;
     }
     this.pumping = true;
-    setImmediate(() => void this.pump());
+    this.pumpRun = new Promise((resolve) => setImmediate(() => void this.pump().finally(resolve)));
   }
 
   /**
