@@ -32,6 +32,14 @@ export function registerRun(program: Command): void {
           },
         );
       };
+      // A promise nobody awaited must not take every camera down with it: log it and carry on.
+      // An exception thrown out of an event handler may have left state half-updated: exit, so
+      // systemd restarts a clean agent (Restart=always).
+      process.on('unhandledRejection', (reason) => log.error(`unhandled rejection (carrying on): ${formatError(reason)}`));
+      process.on('uncaughtException', (error) => {
+        log.error(`uncaught exception, exiting for a clean restart: ${formatError(error)}`);
+        process.exit(1);
+      });
       process.on('SIGINT', () => shutdown('SIGINT'));
       process.on('SIGTERM', () => shutdown('SIGTERM'));
 
