@@ -17,7 +17,7 @@ import {
 } from '../model/manifest.js';
 import { OnnxModel } from '../model/onnx.js';
 import { foldUpsampleModel, quantizeInt8 } from '../model/quantize.js';
-import { componentStats, FrameScorer } from '../scoring/frame.js';
+import { combineComponents, componentStats, FrameScorer } from '../scoring/frame.js';
 import { calibrate } from '../scoring/metrics.js';
 import { decodeVideoFrames } from '../source/decode.js';
 import { LINEWATCH_VERSION } from '../version.js';
@@ -188,24 +188,21 @@ async function scoreVariant(
   const model = await OnnxModel.fromBytes(modelBytes, { threads: 2 });
   try {
     const memory = packRows((await inferImages(model, training)).mu);
-    const heldOutOutputs = await inferImages(model, heldOut);
-    let settings = fixedScoring;
-    if (!settings) {
-      const raw = new FrameScorer(scoring, memory, latentDim);
-      const components = heldOut.map((image, i) => raw.score(image, heldOutOutputs.recon[i]!, heldOutOutputs.mu[i]!));
-      settings = {
-        ...scoring,
-        normalisation: {
-          recon: componentStats(components.map((c) => c.recon)),
-          latent: componentStats(components.map((c) => c.latent)),
-        },
-      };
-    }
-    const scorer = new FrameScorer(settings, memory, latentDim);
-    const scoreAll = (images: ImageTensor[], outputs: ImageOutputs) =>
-      images.map((image, i) => scorer.score(image, outputs.recon[i]!, outputs.mu[i]!).score);
+    // The raw components do not depend on the normalisation, so each image is scored once.
+    const scorer = new FrameScorer(fixedScoring ?? scoring, memory, latentDim);
+    const componentsOf = (images: ImageTensor[], outputs: ImageOutputs) =>
+      images.map((image, i) => scorer.score(image, outputs.recon[i]!, outputs.mu[i]!));
+    const heldOutComponents = componentsOf(heldOut, await inferImages(model, heldOut));
     const shifted = shiftedCopies(heldOut, calibrationShift);
-    const scores = [...scoreAll(heldOut, heldOutOutputs), ...scoreAll(shifted, await inferImages(model, shifted))];
+    const shiftedComponents = componentsOf(shifted, await inferImages(model, shifted));
+    const settings: ScoringSettings = fixedScoring ?? {
+      ...scoring,
+      normalisation: {
+        recon: componentStats(heldOutComponents.map((c) => c.recon)),
+        latent: componentStats(heldOutComponents.map((c) => c.latent)),
+      },
+    };
+    const scores = [...heldOutComponents, ...shiftedComponents].map((c) => combineComponents(settings, c.recon, c.latent));
     return { memory, scoring: settings, calibration: calibrate(scores, targetFpr, calibrationShift) };
   } finally {
     await model.dispose();
