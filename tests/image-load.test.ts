@@ -5,7 +5,7 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError } from '../src/errors.js';
-import { loadImages, loadMask, resolveImageList } from '../src/image/load.js';
+import { detectChannels, loadImages, loadMask, resolveImageList } from '../src/image/load.js';
 
 const DATA = path.resolve('../shared/data/magnetic-tile');
 const hasData = existsSync(path.join(DATA, 'splits', 'differnet_test_defect.txt'));
@@ -103,6 +103,16 @@ describe('loadImages', () => {
   });
 });
 
+describe('detectChannels', () => {
+  it('says 3 for colour images and 1 for greyscale ones, skipping unreadable files', async () => {
+    const grey = path.join(dir, 'grey.png');
+    await sharp(Buffer.alloc(16 * 16, 90), { raw: { width: 16, height: 16, channels: 1 } }).toColourspace('b-w').png().toFile(grey);
+    expect(await detectChannels([grey])).toBe(1);
+    expect(await detectChannels([path.join(dir, 'broken.jpg'), grey])).toBe(1);
+    expect(await detectChannels([grey, path.join(dir, 'imgs', 'b.png')])).toBe(3);
+  });
+});
+
 describe('loadMask', () => {
   it('reads the same-named .png beside an image, resized and thresholded above 127', async () => {
     const mask = await loadMask(path.join(dir, 'imgs', 'a.jpg'), 30, 20);
@@ -137,5 +147,12 @@ describe.skipIf(!hasData)('Magnetic Tile', () => {
     const normalFolder = await resolveImageList(path.join(DATA, 'MT_Free', 'Imgs'));
     expect(normalFolder).toHaveLength(952);
     expect(normalFolder.every((f) => f.endsWith('.jpg'))).toBe(true);
+  });
+});
+
+describe.skipIf(!hasData)('Magnetic Tile channels', () => {
+  it('are greyscale JPEGs, so training picks one channel', async () => {
+    const paths = await resolveImageList(path.join(DATA, 'splits', 'differnet_train_good.txt'), DATA);
+    expect(await detectChannels(paths)).toBe(1);
   });
 });

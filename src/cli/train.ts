@@ -14,7 +14,7 @@ interface TrainFlags {
   duration?: number;
   fps: number;
   size?: { width: number; height: number };
-  channels: 1 | 3;
+  channels?: 1 | 3;
   normalise: InputNormalisation;
   epochs?: number;
   seed: number;
@@ -46,7 +46,7 @@ export function registerTrain(program: Command): void {
     .option('--duration <s>', 'video: seconds to learn from', parseNumber)
     .option('--fps <n>', 'video: frames per second to sample', parseNumber, 10)
     .option('--size <N|WxH>', 'model input size, multiples of 8 (default: 64x64 for --images; for --video 64 high, as wide as the video\'s aspect ratio)', parseSize)
-    .option('--channels <1|3>', '1 = grey, 3 = RGB', parseChannels, 1 as const)
+    .option('--channels <1|3>', '1 = grey, 3 = RGB (default: for --images 3 if the images are in colour, else 1; for --video 1)', parseChannels)
     .addOption(
       new Option('--normalise <how>', 'model input: standardise (each image to zero mean, unit spread; robust to lighting) or unit (pixels / 255)')
         .choices(INPUT_NORMALISATIONS)
@@ -98,7 +98,7 @@ export function registerTrain(program: Command): void {
           fps: flags.fps,
           width: size.width,
           height: size.height,
-          channels: flags.channels,
+          channels: flags.channels ?? (flags.images ? 'auto' : 1),
           normalisation: flags.normalise,
           filters: flags.filters,
           latentDim: flags.latent,

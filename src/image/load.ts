@@ -185,3 +185,21 @@ export async function mapWithConcurrency<T, R>(items: readonly T[], limit: numbe
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   return results;
 }
+
+/**
+ * 3 when any of the first `sample` readable images is in colour, else 1: a folder of
+ * greyscale parts trains a grey model, colour defects keep their colour. Images stored
+ * as RGB but holding grey pixels count as colour (harmless: the same information, a
+ * little slower).
+ */
+export async function detectChannels(paths: readonly string[], sample = 8): Promise<1 | 3> {
+  for (const file of paths.slice(0, sample)) {
+    try {
+      const { channels, space } = await sharp(file).metadata();
+      if (space !== 'b-w' && (channels ?? 1) >= 3) return 3;
+    } catch {
+      // Unreadable files are reported (and skipped) when the images are loaded.
+    }
+  }
+  return 1;
+}

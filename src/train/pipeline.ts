@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
-import { loadImages, resolveImageList } from '../image/load.js';
+import { detectChannels, loadImages, resolveImageList } from '../image/load.js';
 import { normaliseInput, type InputNormalisation } from '../image/normalise.js';
 import { shiftImage, type ImageTensor } from '../image/tensor.js';
 import { writeBundle, assertBundleTarget } from '../model/bundle.js';
@@ -35,7 +35,8 @@ export interface TrainBundleOptions {
   fps?: number;
   width: number;
   height: number;
-  channels: 1 | 3;
+  /** `auto`: 3 when the images are in colour, else 1 (see detectChannels). */
+  channels: 1 | 3 | 'auto';
   normalisation: InputNormalisation;
   filters: number[];
   latentDim: number;
@@ -75,9 +76,9 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
   await assertBundleTarget(options.out, options.force);
 
   const gathered = await gatherImages(options);
-  const { skipped, source } = gathered;
+  const { skipped, source, channels } = gathered;
   const images = gathered.images.map((image) => normaliseInput(image, options.normalisation));
-  log(`data: ${images.length} images from ${source}${skipped ? ` (${skipped} unreadable, skipped)` : ''}`);
+  log(`data: ${images.length} ${channels === 1 ? 'grey' : 'colour'} images from ${source}${skipped ? ` (${skipped} unreadable, skipped)` : ''}`);
   const heldOutCount = Math.max(1, Math.round(images.length * options.valFraction));
   // Video frames next to each other are near-duplicates: a random split would calibrate the threshold on frames
   // the model has all but seen. Holding out the last stretch of the video in time gives an honest margin.
@@ -94,7 +95,7 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
   const config: VaeConfig = {
     width: options.width,
     height: options.height,
-    channels: options.channels,
+    channels,
     filters: options.filters,
     latentDim: options.latentDim,
     beta: options.beta,
@@ -209,18 +210,22 @@ async function scoreVariant(
   }
 }
 
-async function gatherImages(options: TrainBundleOptions): Promise<{ images: ImageTensor[]; skipped: number; source: string }> {
+async function gatherImages(options: TrainBundleOptions): Promise<{ images: ImageTensor[]; skipped: number; source: string; channels: 1 | 3 }> {
   if (Boolean(options.images) === Boolean(options.video)) {
     throw new UsageError('give exactly one of --images and --video', {
       hint: 'e.g. --images ./normal/ or --video line1.mp4 --start 0 --duration 60',
     });
   }
-  const shape = { width: options.width, height: options.height, channels: options.channels };
+  const size = { width: options.width, height: options.height };
   if (options.images) {
     const paths = await resolveImageList(options.images, options.root);
-    const loaded = await loadImages(paths, shape);
-    return { images: loaded.images, skipped: loaded.skipped.length, source: `images:${path.basename(options.images)}` };
+    const channels = options.channels === 'auto' ? await detectChannels(paths) : options.channels;
+    const loaded = await loadImages(paths, { ...size, channels });
+    return { images: loaded.images, skipped: loaded.skipped.length, source: `images:${path.basename(options.images)}`, channels };
   }
+  // Video frames come from ffmpeg in the format asked for; colour must be asked for explicitly.
+  const channels = options.channels === 'auto' ? 1 : options.channels;
+  const shape = { ...size, channels };
   const video = options.video!;
   const frames = await decodeVideoFrames(video, {
     ...shape,
@@ -231,7 +236,7 @@ async function gatherImages(options: TrainBundleOptions): Promise<{ images: Imag
     signal: options.signal,
   });
   const span = `${options.start ?? 0}s+${options.duration ?? 'all'}s@${options.fps ?? 10}fps`;
-  return { images: frames, skipped: 0, source: `video:${path.basename(video.replace(/[?#].*$/, ''))}:${span}` };
+  return { images: frames, skipped: 0, source: `video:${path.basename(video.replace(/[?#].*$/, ''))}:${span}`, channels };
 }
 
 function validateShape(options: TrainBundleOptions): void {
