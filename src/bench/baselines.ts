@@ -1,14 +1,11 @@
+import { imageMeanStd } from '../image/normalise.js';
 import type { ImageTensor } from '../image/tensor.js';
 
 /** Each image to zero mean and unit standard deviation: removes global brightness and contrast. */
 export function standardise(image: ImageTensor): Float32Array {
   const { data } = image;
-  let mean = 0;
-  for (const v of data) mean += v;
-  mean /= data.length;
-  let variance = 0;
-  for (const v of data) variance += (v - mean) ** 2;
-  const std = Math.sqrt(variance / data.length) || 1;
+  const { mean, std: spread } = imageMeanStd(data);
+  const std = spread || 1;
   const out = new Float32Array(data.length);
   for (let i = 0; i < data.length; i++) out[i] = (data[i]! - mean) / std;
   return out;

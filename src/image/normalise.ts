@@ -17,15 +17,22 @@ const STANDARD_DEVIATIONS_IN_RANGE = 6;
 /** Below this a frame is flat (a black or frozen frame); do not blow its noise up. */
 const MIN_STD = 1 / 255;
 
-export function normaliseInput(image: ImageTensor, normalisation: InputNormalisation): ImageTensor {
-  if (normalisation === 'unit') return image;
-  const { data } = image;
+/** Mean and (population) standard deviation of all values of an image. */
+export function imageMeanStd(data: Float32Array): { mean: number; std: number } {
   let sum = 0;
   for (let i = 0; i < data.length; i++) sum += data[i]!;
   const mean = sum / data.length;
   let squares = 0;
   for (let i = 0; i < data.length; i++) squares += (data[i]! - mean) ** 2;
-  const std = Math.max(Math.sqrt(squares / data.length), MIN_STD);
+  return { mean, std: Math.sqrt(squares / data.length) };
+}
+
+export function normaliseInput(image: ImageTensor, normalisation: InputNormalisation): ImageTensor {
+  if (normalisation === 'unit') return image;
+  const { data } = image;
+  const stats = imageMeanStd(data);
+  const mean = stats.mean;
+  const std = Math.max(stats.std, MIN_STD);
   const scale = 1 / (std * STANDARD_DEVIATIONS_IN_RANGE);
   const out = new Float32Array(data.length);
   for (let i = 0; i < data.length; i++) {
