@@ -231,7 +231,7 @@ export class App {
           const seconds = outputs.inferenceMs / 1000 / group.length;
           group.forEach(({ pipeline, frame }, i) => {
             try {
-              pipeline.score(frame, images[i]!, outputs.recon[i]!, outputs.mu[i]!, seconds);
+              pipeline.score(frame, images[i]!, outputs.recon[i]!, outputs.mu[i]!, seconds, outputs.map?.[i]);
             } catch (error) {
               this.log.error(`camera ${pipeline.name}: scoring failed: ${(error as Error).message}`);
             }

@@ -134,8 +134,8 @@ export class CameraPipeline {
   }
 
   /** Score one frame with its model outputs, update the event state and publish what it changed. */
-  score(frame: Frame, image: ImageTensor, recon: Float32Array, mu: Float32Array, inferenceSeconds: number): FrameScore {
-    const result = this.bundle.scorer.score(image, recon, mu, this.ignoreMask);
+  score(frame: Frame, image: ImageTensor, recon: Float32Array, mu: Float32Array, inferenceSeconds: number, learnedMap?: Float32Array): FrameScore {
+    const result = this.bundle.scorer.score(image, recon, mu, this.ignoreMask, learnedMap);
     const { metrics, publisher, camera } = this.deps;
     this.framesScored++;
     this.lastScore = result.score;

@@ -6,6 +6,7 @@ import { EXPORT_OPSET, exportOnnx } from '../src/model/export.js';
 import { MODEL_IO } from '../src/model/manifest.js';
 import { foldUpsampleModel } from '../src/model/quantize.js';
 import { seededRandom } from '../src/train/random.js';
+import { SyntheticAnomalies } from '../src/train/synthetic.js';
 import { forwardVae, initTf, trainVae, type VaeConfig, type VaeWeights } from '../src/train/vae.js';
 import { maxAbsDiff } from './helpers/arrays.js';
 
@@ -46,6 +47,8 @@ function packed(images: ImageTensor[]): Float32Array {
 const CONFIGS: Record<string, VaeConfig> = {
   grey: { width: 24, height: 16, channels: 1, filters: [4, 8], latentDim: 6, beta: 0.1 },
   rgb: { width: 16, height: 24, channels: 3, filters: [4, 6, 8], latentDim: 5, beta: 0.1 },
+  'grey + comparator': { width: 24, height: 16, channels: 1, filters: [4, 8], latentDim: 6, beta: 0.1, comparator: { filters: [3, 5] } },
+  'rgb + comparator': { width: 16, height: 24, channels: 3, filters: [4, 6, 8], latentDim: 5, beta: 0.1, comparator: { filters: [2, 4, 6] } },
 };
 
 beforeAll(async () => {
@@ -61,20 +64,24 @@ describe.each(Object.entries(CONFIGS))('exportOnnx (%s)', (_, config) => {
 
   beforeAll(async () => {
     // Briefly trained so that biases and the decoder are no longer at their initial values.
-    ({ weights } = await trainVae(images, config, { epochs: 3, batchSize: 4, learningRate: 3e-3, seed: 9 }));
+    // The comparator trains on synthetic defects; 3 passes move its weights off their initial values too.
+    const anomalies = config.comparator ? new SyntheticAnomalies(images, { share: 0.5 }, 3) : undefined;
+    ({ weights } = await trainVae(images, config, { epochs: 3, comparatorEpochs: 3, anomalies, batchSize: 4, learningRate: 3e-3, seed: 9 }));
     session = await ort.InferenceSession.create(exportOnnx(weights));
     shipped = await ort.InferenceSession.create(foldUpsampleModel(exportOnnx(weights)));
   });
 
-  it('declares image -> recon, mu with a symbolic batch dimension', () => {
+  it('declares image -> recon, mu (and anomaly_map with a comparator) with a symbolic batch dimension', () => {
     expect(session.inputNames).toEqual([MODEL_IO.input]);
-    expect([...session.outputNames].sort()).toEqual([MODEL_IO.mu, MODEL_IO.recon].sort());
+    const outputs = config.comparator ? [MODEL_IO.mu, MODEL_IO.recon, MODEL_IO.map] : [MODEL_IO.mu, MODEL_IO.recon];
+    expect([...session.outputNames].sort()).toEqual(outputs.sort());
     const model = onnx.ModelProto.decode(exportOnnx(weights));
     expect(Number(model.opsetImport[0]!.version)).toBe(EXPORT_OPSET);
     const input = model.graph!.input![0]!.type!.tensorType!.shape!.dim!;
     expect(input.map((d) => d.dimParam || Number(d.dimValue))).toEqual(['batch', config.channels, config.height, config.width]);
     const ops = new Set(model.graph!.node!.map((node) => node.opType));
-    expect([...ops].sort()).toEqual(['Conv', 'Flatten', 'Gemm', 'Relu', 'Reshape', 'Resize', 'Sigmoid']);
+    const expectedOps = ['Conv', 'Flatten', 'Gemm', 'Relu', 'Reshape', 'Resize', 'Sigmoid', ...(config.comparator ? ['Concat'] : [])];
+    expect([...ops].sort()).toEqual(expectedOps.sort());
     const names = model.graph!.node!.map((node) => node.name);
     expect(new Set(names).size).toBe(names.length);
     expect(names).toContain('encoder.conv0');
@@ -93,6 +100,11 @@ describe.each(Object.entries(CONFIGS))('exportOnnx (%s)', (_, config) => {
       expect(mu.dims).toEqual([batch, latentDim]);
       expect(maxAbsDiff(recon.data as Float32Array, reference.recon)).toBeLessThan(1e-4);
       expect(maxAbsDiff(mu.data as Float32Array, reference.mu)).toBeLessThan(1e-4);
+      if (config.comparator) {
+        const map = results[MODEL_IO.map]!;
+        expect(map.dims).toEqual([batch, 1, height, width]);
+        expect(maxAbsDiff(map.data as Float32Array, reference.map!)).toBeLessThan(1e-4);
+      }
     }
     // Not a trivially constant model: images differ in their latent codes and reconstructions.
     if (batch > 1) expect(maxAbsDiff(reference.mu.subarray(0, latentDim), reference.mu.subarray(latentDim, 2 * latentDim))).toBeGreaterThan(1e-3);

@@ -157,9 +157,13 @@ describe('pixelAuroc', () => {
 
 describe('calibrate', () => {
   it('sets the threshold at the target FPR and records the distribution', () => {
-    const calibration = calibrate(range(1, 100).reverse(), 0.01);
+    // 100 * 0.05 = 5 scores above: enough to measure. The 5th largest (96) is exceeded by a fresh
+    // score with probability 5/101 <= 5 %; the 6th largest (95, at most 5 of 100 above) by 6/101.
+    const calibration = calibrate(range(1, 100).reverse(), 0.05);
     expect(CalibrationSchema.parse(calibration)).toEqual(calibration);
-    expect(calibration).toMatchObject({ heldOut: 100, targetFpr: 0.01, threshold: 99, mean: 50.5 });
+    expect(calibration).toMatchObject({ heldOut: 100, targetFpr: 0.05, threshold: 96, mean: 50.5, method: 'empirical' });
+    expect(calibration.minResolvableFpr).toBeCloseTo(1 / 101, 12);
+    expect(calibration.expectedFprAtThreshold).toBeCloseTo(5 / 101, 12);
     const expected = { p50: 50.5, p90: 90.1, p95: 95.05, p99: 99.01, max: 100 };
     for (const [key, value] of Object.entries(expected)) expect(calibration.quantiles[key as keyof typeof expected]).toBeCloseTo(value, 9);
     expect(calibration.std).toBeCloseTo(Math.sqrt((100 * 101) / 12), 9);

@@ -6,21 +6,8 @@ import { componentStats, FrameScorer } from '../src/scoring/frame.js';
 import { latentNovelty } from '../src/scoring/latent.js';
 import { applyBorder, gaussianBlur, pool, squaredErrorMap, ssimErrorMap } from '../src/scoring/maps.js';
 import { seededRandom as random } from '../src/train/random.js';
+import { texture } from './helpers/images.js';
 
-/** A smooth textured grey image (like a tile surface), deterministic. */
-function texture(width: number, height: number, channels: 1 | 3 = 1, seed = 1) {
-  const next = random(seed);
-  const phase = next() * 6;
-  const image = imageTensor(width, height, channels);
-  for (let c = 0; c < channels; c++) {
-    for (let y = 0; y < height; y++) {
-      for (let x = 0; x < width; x++) {
-        image.data[c * width * height + y * width + x] = 0.5 + 0.2 * Math.sin(x / 3 + phase + c) * Math.cos(y / 5) + 0.05 * next();
-      }
-    }
-  }
-  return image;
-}
 
 function argmax(map: Float32Array): number {
   let best = 0;

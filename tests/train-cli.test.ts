@@ -98,7 +98,7 @@ describe('model bundle problems name the file and what is wrong', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'linewatch-manifest-'));
     const manifest = JSON.parse(readFileSync(path.join(REPO, 'models/demo/manifest.json'), 'utf8'));
     writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify({ ...manifest, formatVersion: 99 }));
-    await expect(readManifest(dir)).rejects.toThrow(/manifest\.json has format version 99; this linewatch reads version 1/);
+    await expect(readManifest(dir)).rejects.toThrow(/manifest\.json has format version 99; this linewatch reads versions 1 and 2/);
     expect(() => parseManifest(JSON.stringify({ format: 'something-else' }), 'x/manifest.json')).toThrow(/x\/manifest\.json is not a linewatch model manifest/);
     expect(() => parseManifest('{ not json', 'y/manifest.json')).toThrow(/y\/manifest\.json is not valid JSON/);
     await expect(readManifest(path.join(dir, 'absent'))).rejects.toThrow(/cannot read .*absent\/manifest\.json \(ENOENT\)/);

@@ -34,7 +34,7 @@ const { input } = bundle.manifest;
 const frames = await decodeVideoFrames(values.video!, { width: input.width, height: input.height, channels: input.channels, fps });
 const images = frames.map((frame) => normaliseInput(frame, input.normalisation));
 const outputs = await inferImages(bundle.model, images, 16);
-const results = images.map((image, i) => bundle.scorer.score(image, outputs.recon[i]!, outputs.mu[i]!));
+const results = images.map((image, i) => bundle.scorer.score(image, outputs.recon[i]!, outputs.mu[i]!, undefined, outputs.map?.[i]));
 const scores = results.map((r) => r.score);
 const threshold = bundle.calibration!.threshold;
 const tracker = new EventTracker({ camera: 'replay', threshold, ...DebounceSchema.parse(JSON.parse(values.debounce!)) });

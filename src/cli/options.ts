@@ -33,3 +33,10 @@ export function parseChannels(value: string): 1 | 3 {
   if (value !== '1' && value !== '3') throw new InvalidArgumentError(`"${value}" must be 1 (grey) or 3 (RGB).`);
   return Number(value) as 1 | 3;
 }
+
+/** "0.2,1": a range [min, max] of numbers. */
+export function parseRange(value: string): [number, number] {
+  const parts = value.split(',').map((part) => parseNumber(part.trim()));
+  if (parts.length !== 2) throw new InvalidArgumentError(`"${value}" is not a range: use min,max, e.g. 0.2,1.`);
+  return [parts[0]!, parts[1]!];
+}

@@ -4,7 +4,10 @@ import { Command, Option } from 'commander';
 import { LinewatchError } from '../errors.js';
 import { INPUT_NORMALISATIONS, type InputNormalisation } from '../image/normalise.js';
 import { probeVideoSize } from '../source/decode.js';
-import { parseChannels, parseInteger, parseIntegerList, parseNumber, parseSize } from './options.js';
+import { ANOMALY_KINDS, type AnomalyKind } from '../train/synthetic.js';
+import type { EpochInfo } from '../train/vae.js';
+import { DEFAULT_COMPARATOR_FILTERS } from '../train/vae-config.js';
+import { parseChannels, parseInteger, parseIntegerList, parseNumber, parseRange, parseSize } from './options.js';
 
 interface TrainFlags {
   images?: string;
@@ -31,6 +34,16 @@ interface TrainFlags {
   batchSize: number;
   augmentShift?: number;
   calibrationShift?: number;
+  anomalies: boolean;
+  anomalyShare: number;
+  anomalyStrength: [number, number];
+  anomalyKinds?: string;
+  anomalyTextures?: string;
+  ssimWeight: number;
+  comparator: boolean;
+  comparatorFilters: number[];
+  comparatorEpochs?: number;
+  errorMap?: 'ssim' | 'sq' | 'comparator';
   int8: boolean;
   ffmpeg: string;
 }
@@ -73,6 +86,16 @@ export function registerTrain(program: Command): void {
     .option('--beta <f>', 'weight of the KL term', parseNumber, 0.1)
     .option('--batch-size <n>', 'images per training step', parseInteger, 32)
     .option('--augment-shift <px>', 'random +-px shifts while training (default: 3 for --video, 0 for --images)', parseInteger)
+    .option('--no-anomalies', 'train on clean images only (no synthetic defects; implies --no-comparator)')
+    .option('--anomaly-share <f>', 'share of training images given a synthetic defect', parseNumber, 0.5)
+    .option('--anomaly-strength <min,max>', 'blend factor range of a synthetic defect over the image (0-1)', parseRange, [0.2, 1] as [number, number])
+    .option('--anomaly-kinds <list>', `synthetic defect fillings, from ${ANOMALY_KINDS.join(', ')} (default: all but texture, plus texture with --anomaly-textures)`)
+    .option('--anomaly-textures <dir>', 'folder of texture images to paint synthetic defects with (e.g. the Describable Textures Dataset)')
+    .option('--ssim-weight <f>', 'weight of the (1 - SSIM) reconstruction loss next to the squared error', parseNumber, 1)
+    .option('--no-comparator', 'no learned comparator: score by the fixed reconstruction error map')
+    .option('--comparator-filters <list>', 'comparator channels per level', parseIntegerList, [...DEFAULT_COMPARATOR_FILTERS])
+    .option('--comparator-epochs <n>', 'comparator passes over the images after the VAE (default: as many as the VAE)', parseInteger)
+    .addOption(new Option('--error-map <how>', 'anomaly map: comparator (learned), ssim or sq (fixed, input vs reconstruction). Default: comparator when trained, else ssim').choices(['comparator', 'ssim', 'sq']))
     .option('--no-int8', 'skip the int8 model')
     .option('--ffmpeg <path>', 'ffmpeg binary', 'ffmpeg')
     .action(async (flags: TrainFlags) => {
@@ -108,12 +131,23 @@ export function registerTrain(program: Command): void {
           seed: flags.seed,
           valFraction: flags.valFraction ?? (fromVideo ? 0.2 : 0.1),
           augmentShift: flags.augmentShift ?? (fromVideo ? 3 : 0),
+          anomalies: flags.anomalies
+            ? {
+                share: flags.anomalyShare,
+                strength: flags.anomalyStrength,
+                kinds: flags.anomalyKinds?.split(',').map((kind) => kind.trim() as AnomalyKind),
+                texturesDir: flags.anomalyTextures,
+              }
+            : undefined,
+          ssimWeight: flags.ssimWeight,
+          comparator: flags.anomalies && flags.comparator ? { filters: flags.comparatorFilters, epochs: flags.comparatorEpochs } : undefined,
           calibrationShift: flags.calibrationShift ?? (fromVideo ? (flags.augmentShift ?? 3) : 0),
           // Streams see scene-level changes, which the reconstruction shows and which end when the scene
           // is restored; image sets of textures are better separated by latent nearest-neighbour distance.
           // Scenes shift a little when objects are put back: a wider blur and top-k pooling keep such frames normal.
           scoring: {
-            scorer: flags.scorer ?? (fromVideo ? 'recon' : 'latent'),
+            scorer: flags.scorer ?? 'recon',
+            errorMap: flags.errorMap ?? (flags.anomalies && flags.comparator ? 'comparator' : 'ssim'),
             blurSigma: flags.blur ?? (fromVideo ? 4 : 2),
             pooling: flags.pooling ?? (fromVideo ? 'topk' : 'max'),
           },
@@ -175,22 +209,21 @@ function epochProgress() {
       this.stop();
       console.error(line);
     },
-    epoch(info: { epoch: number; epochs: number; loss: number; reconLoss: number; kl: number; seconds: number }) {
+    epoch(info: EpochInfo) {
       const eta = Math.round(info.seconds * (info.epochs - info.epoch));
       if (!tty) {
-        console.error(
-          `epoch ${info.epoch}/${info.epochs} loss ${info.loss.toFixed(5)} (recon ${info.reconLoss.toFixed(5)}, kl ${info.kl.toFixed(5)}) ${info.seconds.toFixed(1)} s, ETA ${eta} s`,
-        );
+        const terms = info.phase === 'vae' ? ` (recon ${info.reconLoss.toFixed(5)}, kl ${info.kl.toFixed(5)})` : '';
+        console.error(`epoch ${info.epoch}/${info.epochs} ${info.phase} loss ${info.loss.toFixed(5)}${terms} ${info.seconds.toFixed(1)} s, ETA ${eta} s`);
         return;
       }
       if (!bar) {
         bar = new cliProgress.SingleBar(
-          { format: 'epoch {value}/{total} [{bar}] loss {loss} | {seconds} s/epoch | ETA {etaText}', stream: process.stderr, hideCursor: true },
+          { format: 'epoch {value}/{total} [{bar}] {phase} loss {loss} | {seconds} s/epoch | ETA {etaText}', stream: process.stderr, hideCursor: true },
           cliProgress.Presets.shades_classic,
         );
-        bar.start(info.epochs, 0, { loss: '-', seconds: '-', etaText: '-' });
+        bar.start(info.epochs, 0, { phase: info.phase, loss: '-', seconds: '-', etaText: '-' });
       }
-      bar.update(info.epoch, { loss: info.loss.toFixed(5), seconds: info.seconds.toFixed(1), etaText: `${eta} s` });
+      bar.update(info.epoch, { phase: info.phase, loss: info.loss.toFixed(5), seconds: info.seconds.toFixed(1), etaText: `${eta} s` });
     },
     stop() {
       bar?.stop();

@@ -142,7 +142,8 @@ export async function evaluate(
       ready.forEach(({ entry, image, mask }, i) => {
         const recon = outputs.recon.subarray(i * plane, (i + 1) * plane);
         const mu = outputs.mu.subarray(i * latentDim, (i + 1) * latentDim);
-        const frame = bundle.scorer.score(image, recon, mu);
+        const map = outputs.map?.subarray(i * image.width * image.height, (i + 1) * image.width * image.height);
+        const frame = bundle.scorer.score(image, recon, mu, undefined, map);
         images.push({ path: entry.path, label: entry.label, ...frame, mask });
       });
       inferenceMs += scoredAt - ranAt;

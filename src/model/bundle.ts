@@ -63,6 +63,12 @@ export async function loadBundle(dir: string, options: LoadBundleOptions = {}): 
         hint: 'the bundle mixes files of different models: retrain it',
       });
     }
+    if (manifest.scoring.errorMap === 'comparator' && !model.hasMap) {
+      throw new ModelError(`${path.join(dir, modelName)} has no anomaly_map output, but the manifest scores with the learned comparator`, {
+        file: path.join(dir, modelName),
+        hint: 'the bundle mixes files of different models: retrain it',
+      });
+    }
     const warmUpMs = await model.warmUp();
     const scorer = new FrameScorer(manifest.scoring, memory, architecture.latentDim);
     return {

@@ -68,14 +68,16 @@ export function exportOnnx(weights: VaeWeights): Uint8Array {
   graph.initializer(floatTensor('decoder.upsample.scales', [4], new Float32Array([1, 1, 2, 2])));
   for (let j = 0; j < levels; j++) {
     // floor(output / 2) is TF's resizeNearestNeighbor without half-pixel centres: every pixel repeated 2x2.
-    x = graph.node('Resize', `decoder.upsample${j}`, [x, '', 'decoder.upsample.scales'], [
-      stringAttribute('mode', 'nearest'),
-      stringAttribute('coordinate_transformation_mode', 'asymmetric'),
-      stringAttribute('nearest_mode', 'floor'),
-    ]);
+    x = graph.node('Resize', `decoder.upsample${j}`, [x, '', 'decoder.upsample.scales'], NEAREST_UPSAMPLE);
     x = graph.conv(`decoder.conv${j}`, x, tensors, 1);
     const last = j === levels - 1;
     x = graph.unary(last ? 'Sigmoid' : 'Relu', last ? 'decoder.sigmoid' : `decoder.conv${j}.relu`, x, last ? MODEL_IO.recon : undefined);
+  }
+
+  const outputs = [floatValueInfo(MODEL_IO.recon, [BATCH_DIM, channels, height, width]), floatValueInfo(MODEL_IO.mu, [BATCH_DIM, latentDim])];
+  if (config.comparator) {
+    exportComparator(graph, config.comparator.filters, tensors);
+    outputs.push(floatValueInfo(MODEL_IO.map, [BATCH_DIM, 1, height, width]));
   }
 
   const model = onnx.ModelProto.create({
@@ -89,10 +91,29 @@ export function exportOnnx(weights: VaeWeights): Uint8Array {
       node: graph.nodes,
       initializer: graph.initializers,
       input: [floatValueInfo(MODEL_IO.input, [BATCH_DIM, channels, height, width])],
-      output: [floatValueInfo(MODEL_IO.recon, [BATCH_DIM, channels, height, width]), floatValueInfo(MODEL_IO.mu, [BATCH_DIM, latentDim])],
+      output: outputs,
     },
   });
   return onnx.ModelProto.encode(model).finish();
+}
+
+/** The comparator U-Net (see comparatorWeightShapes) on concat(image, recon), ending in the anomaly-map logits. */
+function exportComparator(graph: GraphBuilder, filters: readonly number[], tensors: Record<string, WeightTensor>): void {
+  const convRelu = (name: string, input: string, stride: 1 | 2) => graph.unary('Relu', `${name}.relu`, graph.conv(name, input, tensors, stride));
+  let x = graph.node('Concat', 'comparator.concat', [MODEL_IO.input, MODEL_IO.recon], [intAttribute('axis', 1)]);
+  const skips: string[] = [];
+  filters.forEach((_, i) => {
+    x = convRelu(`comparator.enc${i}.a`, x, 2);
+    x = convRelu(`comparator.enc${i}.b`, x, 1);
+    skips.push(x);
+  });
+  for (let i = filters.length - 2; i >= 0; i--) {
+    const up = graph.node('Resize', `comparator.dec${i}.upsample`, [x, '', 'decoder.upsample.scales'], NEAREST_UPSAMPLE);
+    const merged = graph.node('Concat', `comparator.dec${i}.concat`, [convRelu(`comparator.dec${i}.up`, up, 1), skips[i]!], [intAttribute('axis', 1)]);
+    x = convRelu(`comparator.dec${i}.merge`, merged, 1);
+  }
+  const logits = graph.conv('comparator.head', x, tensors, 1);
+  graph.node('Resize', 'comparator.upsample', [logits, '', 'decoder.upsample.scales'], NEAREST_UPSAMPLE, MODEL_IO.map);
 }
 
 class GraphBuilder {
@@ -114,7 +135,7 @@ class GraphBuilder {
   }
 
   /** A 3x3 convolution with TF 'same' padding, from the TF weights `<name>.kernel` / `<name>.bias`. */
-  conv(name: string, input: string, tensors: Record<string, WeightTensor>, stride: 1 | 2): string {
+  conv(name: string, input: string, tensors: Record<string, WeightTensor>, stride: 1 | 2, output = name): string {
     const kernel = tensors[`${name}.kernel`]!;
     const [kh, kw, inChannels, outChannels] = kernel.shape as [number, number, number, number];
     this.initializer(floatTensor(`${name}.weight`, [outChannels, inChannels, kh, kw], transposeKernel(kernel)));
@@ -125,7 +146,7 @@ class GraphBuilder {
       intsAttribute('pads', stride === 2 ? [0, 0, 1, 1] : [1, 1, 1, 1]),
       intsAttribute('dilations', [1, 1]),
       intAttribute('group', 1),
-    ]);
+    ], output);
   }
 
   /** y = x W + b with W stored [in, out] as TF keeps it (Gemm without transB). */
@@ -211,6 +232,13 @@ function int64Tensor(name: string, values: number[]): TensorProto {
   values.forEach((value, i) => view.setBigInt64(i * 8, BigInt(value), true));
   return { name, dims: [values.length], dataType: onnx.TensorProto.DataType.INT64, rawData: bytes };
 }
+
+/** floor(output / 2) is TF's resizeNearestNeighbor without half-pixel centres: every pixel repeated 2x2. */
+const NEAREST_UPSAMPLE: AttributeProto[] = [
+  stringAttribute('mode', 'nearest'),
+  stringAttribute('coordinate_transformation_mode', 'asymmetric'),
+  stringAttribute('nearest_mode', 'floor'),
+];
 
 function intAttribute(name: string, i: number): AttributeProto {
   return { name, type: onnx.AttributeProto.AttributeType.INT, i };

@@ -4,6 +4,8 @@ import type { InferenceModel } from './types.js';
 export interface ImageOutputs {
   recon: Float32Array[];
   mu: Float32Array[];
+  /** The comparator's anomaly-map logits per image (height x width), when the model has one. */
+  map?: Float32Array[];
   /** Wall-clock milliseconds spent in the model, all batches together. */
   inferenceMs: number;
 }
@@ -12,6 +14,7 @@ export interface ImageOutputs {
 export async function inferImages(model: InferenceModel, images: readonly ImageTensor[], batchSize = 16): Promise<ImageOutputs> {
   const recon: Float32Array[] = [];
   const mu: Float32Array[] = [];
+  const map: Float32Array[] = [];
   let inferenceMs = 0;
   for (let start = 0; start < images.length; start += batchSize) {
     const batch = images.slice(start, start + batchSize);
@@ -25,9 +28,13 @@ export async function inferImages(model: InferenceModel, images: readonly ImageT
     for (let i = 0; i < batch.length; i++) {
       recon.push(out.recon.slice(i * size, (i + 1) * size));
       mu.push(out.mu.slice(i * latentDim, (i + 1) * latentDim));
+      if (out.map) {
+        const plane = out.map.length / batch.length;
+        map.push(out.map.slice(i * plane, (i + 1) * plane));
+      }
     }
   }
-  return { recon, mu, inferenceMs };
+  return map.length > 0 ? { recon, mu, map, inferenceMs } : { recon, mu, inferenceMs };
 }
 
 /** Rows of a count x dim matrix, packed. */

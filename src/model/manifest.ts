@@ -12,11 +12,17 @@ import { INPUT_NORMALISATIONS } from '../image/normalise.js';
  * exactly as `linewatch eval` did is written here.
  */
 export const MANIFEST_FORMAT = 'linewatch-model';
-export const MANIFEST_FORMAT_VERSION = 1;
+/**
+ * 2: the learned comparator (`anomaly_map` output, `architecture.comparator`, error map
+ * `comparator`), synthetic-defect training and the calibration's method. Version 1 bundles
+ * still load: every field 2 added is optional and they score as before.
+ */
+export const MANIFEST_FORMAT_VERSION = 2;
+export const READABLE_FORMAT_VERSIONS: readonly number[] = [1, 2];
 export const MANIFEST_FILE = 'manifest.json';
 
 /** ONNX tensor names shared by export, inference and quantization. */
-export const MODEL_IO = { input: 'image', recon: 'recon', mu: 'mu' } as const;
+export const MODEL_IO = { input: 'image', recon: 'recon', mu: 'mu', map: 'anomaly_map' } as const;
 
 export const VARIANTS = ['fp32', 'int8'] as const;
 export type Variant = (typeof VARIANTS)[number];
@@ -27,8 +33,11 @@ export const ScoringSettingsSchema = z
   .object({
     /** recon: structural reconstruction error; latent: kNN distance of mu to the training mus; hybrid: sum of both z-scores. */
     scorer: z.enum(['recon', 'latent', 'hybrid']).default('recon'),
-    /** Per-pixel error between input and reconstruction. */
-    errorMap: z.enum(['ssim', 'sq']).default('ssim'),
+    /**
+     * Per-pixel anomaly map: 1 - SSIM or squared error between input and reconstruction, or the
+     * learned comparator's defect probability (bundles trained with one).
+     */
+    errorMap: z.enum(['ssim', 'sq', 'comparator']).default('ssim'),
     ssimWindow: z.number().int().min(3).max(31).default(11),
     /** Gaussian blur of the error map, sigma in model-input pixels (0 = none). */
     blurSigma: z.number().min(0).max(16).default(2),
@@ -71,6 +80,24 @@ export const CalibrationSchema = z
     std: z.number().min(0),
     /** Held-out images were also scored moved by this many pixels each way: such shifts stay below the threshold. */
     shiftTolerancePx: z.number().int().min(0).default(0),
+    /*
+     * What the threshold can promise. N held-out scores show a false-positive rate directly only
+     * down to about 1/N: below that, the empirical quantile is just the held-out maximum, whose
+     * real rate averages 1/(N+1) whatever the target. So calibrate() says how it got the threshold
+     * and what rate to expect there. Optional: bundles written before these fields still load
+     * (their threshold is the empirical quantile, see thresholdForFpr).
+     */
+    /** `empirical`: an order statistic of the held-out scores; `tail-fit`: extrapolated from an exponential upper tail. */
+    method: z.enum(['empirical', 'tail-fit']).optional(),
+    /** 1 / (heldOut + 1): the smallest rate the held-out scores show without a model (that of their maximum). */
+    minResolvableFpr: z.number().gt(0).lte(0.5).optional(),
+    /**
+     * The probability that a new normal frame scores above the threshold, as the calibration
+     * estimates it (distribution-free for `empirical`, an upper bound when top scores tie; the
+     * exponential tail's prediction for `tail-fit`). Above `targetFpr` when the held-out set was
+     * too small to reach the target at all, below it when the threshold was raised to a held-out score.
+     */
+    expectedFprAtThreshold: z.number().min(0).lte(1).optional(),
   })
   .strict();
 export type Calibration = z.infer<typeof CalibrationSchema>;
@@ -78,7 +105,7 @@ export type Calibration = z.infer<typeof CalibrationSchema>;
 export const ManifestSchema = z
   .object({
     format: z.literal(MANIFEST_FORMAT),
-    formatVersion: z.literal(MANIFEST_FORMAT_VERSION),
+    formatVersion: z.union([z.literal(1), z.literal(MANIFEST_FORMAT_VERSION)]),
     linewatchVersion: z.string(),
     createdAt: z.string(),
     input: z
@@ -97,6 +124,8 @@ export const ManifestSchema = z
         latentDim: z.number().int().min(1),
         filters: z.array(z.number().int().min(1)),
         beta: z.number().min(0),
+        /** The learned comparator's channels per level (its output is the model's `anomaly_map`). */
+        comparator: z.object({ filters: z.array(z.number().int().min(1)).min(1) }).strict().optional(),
       })
       .strict(),
     files: z
@@ -121,6 +150,18 @@ export const ManifestSchema = z
         durationS: z.number().min(0),
         finalLoss: z.number().optional(),
         augmentShift: z.number().int().min(0).default(0),
+        comparatorEpochs: z.number().int().min(0).optional(),
+        ssimWeight: z.number().min(0).optional(),
+        /** Synthetic defects the model was trained to repair and find. */
+        anomalies: z
+          .object({
+            share: z.number().min(0).max(1),
+            strength: z.tuple([z.number(), z.number()]),
+            kinds: z.array(z.string()).optional(),
+            textures: z.string().optional(),
+          })
+          .strict()
+          .optional(),
       })
       .strict(),
   })
@@ -156,9 +197,9 @@ export function parseManifest(text: string, file = MANIFEST_FILE): Manifest {
       file,
     });
   }
-  if (head.formatVersion !== MANIFEST_FORMAT_VERSION) {
+  if (typeof head.formatVersion !== 'number' || !READABLE_FORMAT_VERSIONS.includes(head.formatVersion)) {
     throw new ModelError(
-      `${file} has format version ${JSON.stringify(head.formatVersion)}; this linewatch reads version ${MANIFEST_FORMAT_VERSION}`,
+      `${file} has format version ${JSON.stringify(head.formatVersion)}; this linewatch reads versions ${READABLE_FORMAT_VERSIONS.join(' and ')}`,
       { file, hint: 'retrain the model with this linewatch version (`linewatch train`), or use the linewatch release that wrote it' },
     );
   }

@@ -232,7 +232,11 @@ export class OnnxModel implements InferenceModel {
   ) {
     this.session = opened.session;
     this.providers = Object.freeze([...opened.providers]);
+    this.hasMap = opened.session.outputNames.includes(MODEL_IO.map);
   }
+
+  /** Whether the model has a learned comparator, whose anomaly map `run` then returns. */
+  readonly hasMap: boolean;
 
   /** Execution providers the session was created with, in priority order (onnxruntime may still place single nodes on the CPU). */
   readonly providers: readonly string[];
@@ -262,8 +266,9 @@ export class OnnxModel implements InferenceModel {
     checkBatch(input, count, this.inputShape);
     const { channels, height, width } = this.inputShape;
     const feeds = { [MODEL_IO.input]: new ort.Tensor('float32', input, [count, channels, height, width]) };
-    const result = await this.live.run(feeds, [MODEL_IO.recon, MODEL_IO.mu]);
-    return { recon: floatOutput(result, MODEL_IO.recon), mu: floatOutput(result, MODEL_IO.mu) };
+    const result = await this.live.run(feeds, this.hasMap ? [MODEL_IO.recon, MODEL_IO.mu, MODEL_IO.map] : [MODEL_IO.recon, MODEL_IO.mu]);
+    const outputs = { recon: floatOutput(result, MODEL_IO.recon), mu: floatOutput(result, MODEL_IO.mu) };
+    return this.hasMap ? { ...outputs, map: floatOutput(result, MODEL_IO.map) } : outputs;
   }
 
   /** One run on a black image so the first real frame does not pay for lazy allocations; returns its duration in ms. */

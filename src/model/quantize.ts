@@ -70,6 +70,12 @@ const DATA_MOVEMENT_OPS = new Set(['Resize', 'Flatten', 'Reshape', 'MaxPool', 'D
 /** Outputs known to lie in [0,1]: quantized with scale 1/255, as exact as the 8-bit pixels they describe. */
 const UNIT_RANGE_OPS = new Set(['Sigmoid']);
 
+/**
+ * Graph outputs left float: the anomaly map's logits are calibrated on normal images only, and a
+ * uint8 range fitted to those would clip every defect to the same value.
+ */
+const FLOAT_OUTPUTS: ReadonlySet<string> = new Set([MODEL_IO.map]);
+
 const UINT8_MAX = 255;
 const INT8_MAX = 127;
 const INT7_MAX = 63;
@@ -393,6 +399,24 @@ function reluReachedThroughDataMovement(tensor: string, consumers: ReadonlyMap<s
  * is left float: the Relu output is quantized instead (zero point 0), and
  * onnxruntime folds the Relu into the int8 kernel.
  */
+/** FLOAT_OUTPUTS and every tensor that reaches one only through data movement (e.g. logits before an upsample). */
+function floatKeptTensors(nodes: readonly INode[], consumers: Map<string, INode[]>): Set<string> {
+  const kept = new Set<string>(FLOAT_OUTPUTS);
+  for (let changed = true; changed; ) {
+    changed = false;
+    for (const node of nodes) {
+      const input = node.input?.[0];
+      if (!input || kept.has(input) || !DATA_MOVEMENT_OPS.has(node.opType ?? '')) continue;
+      const users = consumers.get(input) ?? [];
+      if (users.length > 0 && users.every((user) => DATA_MOVEMENT_OPS.has(user.opType ?? '') && kept.has(user.output?.[0] ?? ''))) {
+        kept.add(input);
+        changed = true;
+      }
+    }
+  }
+  return kept;
+}
+
 function tensorsToQuantize(
   nodes: readonly INode[],
   graphInputs: readonly string[],
@@ -400,11 +424,12 @@ function tensorsToQuantize(
   initializers: ReadonlySet<string>,
 ): string[] {
   const consumers = consumersOf(nodes);
+  const keptFloat = floatKeptTensors(nodes, consumers);
   const chosen: string[] = graphInputs.filter((name) => (consumers.get(name) ?? []).some((n) => QUANTIZED_OUTPUT_OPS.has(n.opType ?? '')));
   for (const node of nodes) {
     if (!QUANTIZED_OUTPUT_OPS.has(node.opType ?? '')) continue;
     const output = node.output?.[0];
-    if (!output || initializers.has(output)) continue;
+    if (!output || initializers.has(output) || keptFloat.has(output)) continue;
     const users = consumers.get(output) ?? [];
     if (WEIGHTED_OPS.has(node.opType ?? '') && users.length === 1 && users[0]!.opType === 'Relu' && !graphOutputs.has(output)) continue;
     chosen.push(output);

@@ -7,6 +7,8 @@ export interface ModelOutputs {
   readonly recon: Float32Array;
   /** Latent means, `count` x latentDim. */
   readonly mu: Float32Array;
+  /** The comparator's anomaly map (logits), `count` x height x width; absent for models without a comparator. */
+  readonly map?: Float32Array;
 }
 
 export interface InferenceModel {

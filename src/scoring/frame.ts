@@ -123,15 +123,27 @@ export class FrameScorer {
    * `recon` is this image's reconstruction (CHW, same size as `input`), `mu` its latent
    * mean (first `latentDim` values are used). `ignoreMask` (1 = ignore) is at model resolution.
    */
-  score(input: ImageTensor, recon: Float32Array, mu: Float32Array, ignoreMask?: Uint8Array): FrameScore {
+  score(input: ImageTensor, recon: Float32Array, mu: Float32Array, ignoreMask?: Uint8Array, learnedMap?: Float32Array): FrameScore {
     const s = this.settings;
     const { width, height } = input;
-    const raw = s.errorMap === 'ssim' ? ssimErrorMap(input, recon, s.ssimWindow) : squaredErrorMap(input, recon);
+    const raw = this.errorMap(input, recon, learnedMap);
     const blurred = gaussianBlur(raw, width, height, s.blurSigma);
     const ignored = this.ignored(width, height, ignoreMask);
     const reconScore = pool(blurred, s.pooling, s.topkFraction, ignored);
     const latent = this.hasLatentMemory ? latentNovelty(this.toLatentSpace(mu), this.memory, this.latentDim, s.latentK) : Number.NaN;
     return { score: this.combine(reconScore, latent), recon: reconScore, latent, map: zeroIgnored(blurred, ignored) };
+  }
+
+  private errorMap(input: ImageTensor, recon: Float32Array, learnedMap: Float32Array | undefined): Float32Array {
+    const s = this.settings;
+    if (s.errorMap === 'ssim') return ssimErrorMap(input, recon, s.ssimWindow);
+    if (s.errorMap === 'sq') return squaredErrorMap(input, recon);
+    if (!learnedMap || learnedMap.length !== input.width * input.height) {
+      throw new ModelError(`error map "comparator" needs the model's anomaly map (${input.width}x${input.height}), got ${learnedMap ? learnedMap.length : 'none'}`, {
+        hint: 'the bundle\'s scoring says "comparator" but its model has no anomaly_map output: retrain it with this linewatch',
+      });
+    }
+    return probabilities(learnedMap);
   }
 
   /** The frame score from its two raw components, per `settings.scorer` and `settings.normalisation`. */
@@ -146,6 +158,16 @@ export class FrameScorer {
     this.borderCache = { width, height, mask, ignored };
     return ignored;
   }
+}
+
+/**
+ * The comparator's logits as defect probabilities: averaged (blurred) in this space, a small
+ * confident spot is not cancelled by very negative logits around it (DRAEM pools softmax outputs too).
+ */
+function probabilities(logits: Float32Array): Float32Array {
+  const out = new Float32Array(logits.length);
+  for (let i = 0; i < logits.length; i++) out[i] = 1 / (1 + Math.exp(-logits[i]!));
+  return out;
 }
 
 /**

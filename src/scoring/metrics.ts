@@ -188,10 +188,63 @@ export function pearson(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return cov / Math.sqrt(varA * varB);
 }
 
+/*
+ * Calibration. N held-out normal scores show a false-positive rate directly only down to
+ * about 1/N: with the usual 50-80 held-out images and a 0.5 % target, the empirical
+ * (1 - target) quantile is just their maximum, and a fresh normal score exceeds the maximum
+ * of N others with probability 1/(N+1) (1.2-2 %), whatever the target says. So:
+ *
+ * - With enough scores (N * target >= MIN_SCORES_ABOVE_EMPIRICAL) the threshold is an order
+ *   statistic, the one with k scores above it where k + 1 = floor(target * (N + 1)): a fresh
+ *   normal score exceeds the k+1-th largest of N with probability exactly (k+1)/(N+1) for any
+ *   continuous distribution, so this is the lowest order statistic whose expected rate does
+ *   not exceed the target. 5 scores above keep the rate's spread across held-out draws to
+ *   about 1/sqrt(5) = 45 %, no worse than the tail fit, without assuming a tail shape.
+ * - Otherwise the upper tail is extrapolated (peaks over threshold): the excesses of the top
+ *   m scores over the next one, u, are taken as exponential (the light-tailed end of the
+ *   generalised Pareto family; normal-like scores come out conservative). With few excesses
+ *   the plug-in threshold u + mean excess * ln(p_u / target) overshoots the target by half or
+ *   more on average (the rate is convex in the estimated scale, and m is 9-12 for 60-80 scores), so the
+ *   threshold is where the predictive exceedance probability equals the target:
+ *   P(X > u + y) = p_u * (1 + y / S)^-m, S the sum of the excesses, p_u = (m+1)/(N+1). That is
+ *   the exponential tail with its scale's uncertainty integrated out (scale-invariant prior),
+ *   and it hits the target on average for an exponential tail at any N (tests/calibration.test.ts).
+ * - The threshold never lets more held-out scores above it than the target allows
+ *   (thresholdForFpr): the tail fit may put it below the held-out maximum, but a calibration
+ *   that flags its own normal images would read as broken, and this only lowers the rate.
+ */
+
+/** Held-out scores that must lie above the empirical quantile for it to be used as is. */
+const MIN_SCORES_ABOVE_EMPIRICAL = 5;
+/** Share of held-out scores in the fitted tail: u at about the 85th percentile. */
+const TAIL_SHARE = 0.15;
+/** Fewer excesses say too little about the tail's scale; so the tail fit needs 2 * 5 = 10 scores. */
+const MIN_TAIL_EXCESSES = 5;
+/** With many scores, more excesses buy little precision but pull u lower, where the tail is less exponential. */
+const MAX_TAIL_EXCESSES = 50;
+
+export type CalibrationMethod = NonNullable<Calibration['method']>;
+
+interface ThresholdChoice {
+  threshold: number;
+  method: CalibrationMethod;
+  expectedFpr: number;
+}
+
+/** Exponential upper tail above `from`, fitted to the `excesses` largest held-out scores. */
+interface ExponentialTail {
+  from: number;
+  excesses: number;
+  excessSum: number;
+  /** Probability that a fresh score exceeds `from`, an order statistic. */
+  exceedance: number;
+}
+
 /**
  * The calibration stored in a bundle: threshold at `targetFpr` on held-out normal
  * scores (never the training images, whose scores are optimistic), plus the score
- * distribution so operators can see the margin.
+ * distribution so operators can see the margin, and what the threshold can promise
+ * (see above and CalibrationSchema).
  */
 export function calibrate(heldOutNormalScores: ArrayLike<number>, targetFpr: number, shiftTolerancePx = 0): Calibration {
   requireScores(heldOutNormalScores, 'held-out normal scores');
@@ -203,11 +256,12 @@ export function calibrate(heldOutNormalScores: ArrayLike<number>, targetFpr: num
   mean /= n;
   let squares = 0;
   for (const v of sorted) squares += (v - mean) ** 2;
+  const choice = chooseThreshold(sorted, targetFpr);
   return {
     heldOut: n,
     targetFpr,
     shiftTolerancePx,
-    threshold: thresholdForFpr(sorted, targetFpr),
+    threshold: choice.threshold,
     quantiles: {
       p50: quantile(sorted, 0.5),
       p90: quantile(sorted, 0.9),
@@ -217,5 +271,81 @@ export function calibrate(heldOutNormalScores: ArrayLike<number>, targetFpr: num
     },
     mean,
     std: n > 1 ? Math.sqrt(squares / (n - 1)) : 0,
+    method: choice.method,
+    minResolvableFpr: 1 / (n + 1),
+    expectedFprAtThreshold: choice.expectedFpr,
   };
+}
+
+function chooseThreshold(sorted: Float64Array, targetFpr: number): ThresholdChoice {
+  // The epsilon (here and below) keeps a product that should be whole from rounding just below it.
+  if (sorted.length * targetFpr + 1e-9 >= MIN_SCORES_ABOVE_EMPIRICAL) return empiricalThreshold(sorted, targetFpr);
+  const tail = fitExponentialTail(sorted);
+  // Too few scores or no spread in the top ones: nothing to extrapolate from.
+  if (!tail) return empiricalThreshold(sorted, targetFpr);
+  const fitted = tail.from + tail.excessSum * ((tail.exceedance / targetFpr) ** (1 / tail.excesses) - 1);
+  const threshold = Math.max(fitted, thresholdForFpr(sorted, targetFpr));
+  return { threshold, method: 'tail-fit', expectedFpr: tailFpr(tail, threshold) };
+}
+
+/** The lowest order statistic whose expected rate (k+1)/(N+1) is within the target; the maximum when none is. */
+function empiricalThreshold(sorted: Float64Array, targetFpr: number): ThresholdChoice {
+  const n = sorted.length;
+  const above = Math.max(0, Math.floor(targetFpr * (n + 1) + 1e-9) - 1);
+  // Ties at the threshold only lower the rate, so the expectation is then an upper bound.
+  return { threshold: sorted[n - 1 - above]!, method: 'empirical', expectedFpr: (above + 1) / (n + 1) };
+}
+
+function fitExponentialTail(sorted: Float64Array): ExponentialTail | undefined {
+  const n = sorted.length;
+  const excesses = Math.min(MAX_TAIL_EXCESSES, Math.max(MIN_TAIL_EXCESSES, Math.round(TAIL_SHARE * n)));
+  // u must stay in the upper half, or the "tail" is most of the distribution.
+  if (excesses > n / 2) return undefined;
+  const from = sorted[n - 1 - excesses]!;
+  let excessSum = 0;
+  for (let i = n - excesses; i < n; i++) excessSum += sorted[i]! - from;
+  if (!(excessSum > 0 && Number.isFinite(excessSum))) return undefined;
+  return { from, excesses, excessSum, exceedance: (excesses + 1) / (n + 1) };
+}
+
+/** Predictive probability that a fresh score exceeds `threshold` (>= tail.from) under the fitted tail. */
+function tailFpr(tail: ExponentialTail, threshold: number): number {
+  return tail.exceedance * (1 + (threshold - tail.from) / tail.excessSum) ** -tail.excesses;
+}
+
+/**
+ * One line for people: the threshold, the rate it is for, how it was reached and, where
+ * that differs from the target, the rate to expect. Calibrations from before `method`
+ * was stored used the empirical quantile (thresholdForFpr), whose expected rate follows
+ * from N and the target alone.
+ */
+export function describeCalibration(c: Calibration): string {
+  const n = c.heldOut;
+  const method = c.method ?? 'empirical';
+  const minResolvable = c.minResolvableFpr ?? 1 / (n + 1);
+  const expected = c.expectedFprAtThreshold ?? (Math.floor(c.targetFpr * n + 1e-9) + 1) / (n + 1);
+  // Shifted copies are scored too, so heldOut then counts scores, not images.
+  const heldOut =
+    c.shiftTolerancePx > 0 ? `${n} held-out normal scores of images and their ${c.shiftTolerancePx} px shifts` : `${n} held-out normal image${n === 1 ? '' : 's'}`;
+  let text = `threshold ${c.threshold.toFixed(4)} for ${formatRate(c.targetFpr)} false positives, `;
+  text +=
+    method === 'tail-fit'
+      ? `extrapolated from the upper tail of ${heldOut} (they can show rates down to ${formatRate(minResolvable)} directly)`
+      : `measured on ${heldOut}`;
+  if (Math.abs(expected - c.targetFpr) > 0.05 * c.targetFpr) {
+    if (expected > c.targetFpr && c.targetFpr < minResolvable) {
+      text += `, which cannot show rates below ${formatRate(minResolvable)}: expect about ${formatRate(expected)}`;
+    } else if (method === 'tail-fit' && expected < c.targetFpr) {
+      text += `; raised to ${c.threshold === c.quantiles.max ? 'the largest' : 'one'} of them, so about ${formatRate(expected)} expected`;
+    } else {
+      text += `; about ${formatRate(expected)} expected`;
+    }
+  }
+  return text;
+}
+
+/** A rate as a percentage with two significant digits (whole percents from 10 up): 0.50%, 1.3%, 17%. */
+function formatRate(rate: number): string {
+  const percent = rate * 100;
+  return `${percent >= 10 ? percent.toFixed(0) : percent.toPrecision(2)}%`;
 }

@@ -18,11 +18,12 @@ import {
 import { OnnxModel } from '../model/onnx.js';
 import { foldUpsampleModel, quantizeInt8 } from '../model/quantize.js';
 import { combineComponents, componentStats, FrameScorer } from '../scoring/frame.js';
-import { calibrate } from '../scoring/metrics.js';
+import { calibrate, describeCalibration } from '../scoring/metrics.js';
 import { decodeVideoFrames } from '../source/decode.js';
 import { LINEWATCH_VERSION } from '../version.js';
 import { seededRandom, shuffled } from './random.js';
-import { trainVae, type VaeConfig } from './vae.js';
+import { SyntheticAnomalies, type AnomalyKind } from './synthetic.js';
+import { trainVae, type EpochInfo, type VaeConfig } from './vae.js';
 
 export interface TrainBundleOptions {
   /** A folder of images or a list file (with `root` for relative paths). */
@@ -47,6 +48,15 @@ export interface TrainBundleOptions {
   seed: number;
   valFraction: number;
   augmentShift?: number;
+  /**
+   * Synthetic defects while training (DRAEM-style): the VAE learns to restore the clean image and
+   * the comparator to find the defect. Absent: trained on clean images only.
+   */
+  anomalies?: { share?: number; strength?: [number, number]; kinds?: AnomalyKind[]; texturesDir?: string };
+  /** Weight of the (1 - SSIM) loss next to the squared error; default 0. */
+  ssimWeight?: number;
+  /** The learned comparator (needs `anomalies`); absent: none. `epochs` default: the VAE's. */
+  comparator?: { filters: number[]; epochs?: number };
   scoring?: Partial<ScoringSettings>;
   targetFpr: number;
   /** Also calibrate on held-out images moved by this many pixels (scenes where objects are put back slightly off). */
@@ -56,7 +66,7 @@ export interface TrainBundleOptions {
   force: boolean;
   ffmpegPath?: string;
   log?: (line: string) => void;
-  onEpoch?: (info: { epoch: number; epochs: number; loss: number; reconLoss: number; kl: number; seconds: number }) => void;
+  onEpoch?: (info: EpochInfo) => void;
   signal?: AbortSignal;
 }
 
@@ -99,13 +109,39 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
     filters: options.filters,
     latentDim: options.latentDim,
     beta: options.beta,
+    comparator: options.comparator ? { filters: options.comparator.filters.slice() } : undefined,
   };
-  log(`training: ${training.length} images, ${heldOut.length} held out, ${epochs} epochs, seed ${options.seed}`);
+  if (options.scoring?.errorMap === 'comparator' && !options.comparator) {
+    throw new UsageError('error map "comparator" needs a comparator to be trained', { hint: 'drop --no-comparator, or choose --error-map ssim' });
+  }
+  if (options.comparator && !options.anomalies) {
+    throw new UsageError('the comparator learns from synthetic anomalies', { hint: 'keep synthetic anomalies on (drop --no-anomalies), or train with --no-comparator' });
+  }
+  const anomalies = options.anomalies
+    ? new SyntheticAnomalies(
+        training,
+        {
+          share: options.anomalies.share,
+          strength: options.anomalies.strength,
+          kinds: options.anomalies.kinds,
+          textures: options.anomalies.texturesDir ? await loadTextures(options.anomalies.texturesDir, config, options.normalisation) : undefined,
+        },
+        options.seed + 4,
+      )
+    : undefined;
+  const comparatorEpochs = options.comparator ? (options.comparator.epochs ?? epochs) : 0;
+  log(
+    `training: ${training.length} images, ${heldOut.length} held out, ${epochs} epochs` +
+      `${comparatorEpochs ? ` + ${comparatorEpochs} comparator epochs` : ''}${anomalies ? `, synthetic defects on ${Math.round((options.anomalies!.share ?? 0.5) * 100)} %` : ''}, seed ${options.seed}`,
+  );
   const { weights, finalLoss } = await trainVae(training, config, {
     epochs,
+    comparatorEpochs,
     batchSize: options.batchSize,
     seed: options.seed,
     augmentShift: options.augmentShift,
+    anomalies,
+    ssimWeight: options.ssimWeight,
     onEpoch: options.onEpoch,
     signal: options.signal,
   });
@@ -119,17 +155,22 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
   files['memory.fp32.f32'] = new Uint8Array(fp32.memory.buffer);
   const scoring = fp32.scoring;
   const calibration: Manifest['calibration'] = { fp32: fp32.calibration };
-  log(`calibrated fp32: threshold ${fp32.calibration.threshold.toFixed(4)} (${heldOut.length} held-out normal images)`);
+  log(`calibrated fp32: ${describeCalibration(fp32.calibration)}`);
 
   if (options.int8) {
     options.signal?.throwIfAborted();
-    const calibrationInputs = training.slice(0, INT8_CALIBRATION_IMAGES).map((image) => image.data);
+    // Activation ranges also from defective-looking images: calibrated on normal ones alone, the layers
+    // that respond to defects would clip exactly where the comparator must tell a defect's size.
+    const calibrationImages = training.slice(0, INT8_CALIBRATION_IMAGES);
+    const calibrationInputs = anomalies
+      ? calibrationImages.map((image, i) => (i % 2 === 1 ? anomalies.corrupt(image).image : image).data)
+      : calibrationImages.map((image) => image.data);
     const int8Bytes = await quantizeInt8(fp32Bytes, calibrationInputs);
     const int8 = await scoreVariant(int8Bytes, training, heldOut, calibrationShift, scoring, config.latentDim, options.targetFpr, scoring);
     files['model.int8.onnx'] = int8Bytes;
     files['memory.int8.f32'] = new Uint8Array(int8.memory.buffer);
     calibration.int8 = int8.calibration;
-    log(`calibrated int8: threshold ${int8.calibration.threshold.toFixed(4)}`);
+    log(`calibrated int8: ${describeCalibration(int8.calibration)}`);
   }
 
   const manifest: Manifest = {
@@ -138,7 +179,13 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
     linewatchVersion: LINEWATCH_VERSION,
     createdAt: new Date().toISOString(),
     input: { width: config.width, height: config.height, channels: config.channels, normalisation: options.normalisation, resize: 'stretch' },
-    architecture: { name: 'vae-conv-upsample', latentDim: config.latentDim, filters: config.filters, beta: config.beta },
+    architecture: {
+      name: 'vae-conv-upsample',
+      latentDim: config.latentDim,
+      filters: config.filters,
+      beta: config.beta,
+      ...(config.comparator ? { comparator: { filters: config.comparator.filters } } : {}),
+    },
     files: {
       fp32: 'model.onnx',
       int8: options.int8 ? 'model.int8.onnx' : undefined,
@@ -158,6 +205,16 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
       durationS: Math.round((performance.now() - began) / 100) / 10,
       finalLoss: Number.isFinite(finalLoss) ? finalLoss : undefined,
       augmentShift: options.augmentShift ?? 0,
+      comparatorEpochs,
+      ssimWeight: options.ssimWeight ?? 0,
+      anomalies: options.anomalies
+        ? {
+            share: options.anomalies.share ?? 0.5,
+            strength: options.anomalies.strength ?? [0.2, 1],
+            kinds: options.anomalies.kinds,
+            textures: options.anomalies.texturesDir ? path.basename(options.anomalies.texturesDir) : undefined,
+          }
+        : undefined,
     },
   };
   options.signal?.throwIfAborted();
@@ -192,7 +249,7 @@ async function scoreVariant(
     // The raw components do not depend on the normalisation, so each image is scored once.
     const scorer = new FrameScorer(fixedScoring ?? scoring, memory, latentDim);
     const componentsOf = (images: ImageTensor[], outputs: ImageOutputs) =>
-      images.map((image, i) => scorer.score(image, outputs.recon[i]!, outputs.mu[i]!));
+      images.map((image, i) => scorer.score(image, outputs.recon[i]!, outputs.mu[i]!, undefined, outputs.map?.[i]));
     const heldOutComponents = componentsOf(heldOut, await inferImages(model, heldOut));
     const shifted = shiftedCopies(heldOut, calibrationShift);
     const shiftedComponents = componentsOf(shifted, await inferImages(model, shifted));
@@ -237,6 +294,16 @@ async function gatherImages(options: TrainBundleOptions): Promise<{ images: Imag
   });
   const span = `${options.start ?? 0}s+${options.duration ?? 'all'}s@${options.fps ?? 10}fps`;
   return { images: frames, skipped: 0, source: `video:${path.basename(video.replace(/[?#].*$/, ''))}:${span}`, channels };
+}
+
+/** User texture images for the 'texture' filling, at the model's size, channels and input normalisation. */
+async function loadTextures(dir: string, config: VaeConfig, normalisation: InputNormalisation): Promise<ImageTensor[]> {
+  const paths = await resolveImageList(dir);
+  const loaded = await loadImages(paths, { width: config.width, height: config.height, channels: config.channels });
+  if (loaded.images.length === 0) {
+    throw new UsageError(`--anomaly-textures ${dir}: none of its ${paths.length} files could be read as an image`, { hint: 'give a folder of JPEG or PNG texture images' });
+  }
+  return loaded.images.map((image) => normaliseInput(image, normalisation));
 }
 
 function validateShape(options: TrainBundleOptions): void {

@@ -11,6 +11,11 @@ export interface VaeConfig {
   filters: number[];
   latentDim: number;
   beta: number;
+  /**
+   * The learned comparator (DRAEM's discriminative half): a small U-Net on the input and its
+   * reconstruction whose output is the anomaly map, as logits. Channels per level; absent: none.
+   */
+  comparator?: { filters: number[] };
 }
 
 /** One weight, row-major in TensorFlow's layout. */
@@ -32,6 +37,9 @@ export const DEFAULT_VAE_CONFIG: Readonly<VaeConfig> = Object.freeze({
   latentDim: 64,
   beta: 0.1,
 });
+
+/** Comparator widths: ~30k parameters and ~30 MMAC at 64x64, small enough for an edge box next to the VAE. */
+export const DEFAULT_COMPARATOR_FILTERS: readonly number[] = Object.freeze([8, 16, 32]);
 
 /** Throws a UsageError naming the first thing wrong with `config`. */
 export function validateVaeConfig(config: VaeConfig): void {
@@ -62,6 +70,41 @@ export function validateVaeConfig(config: VaeConfig): void {
   if (!(beta >= 0) || !Number.isFinite(beta)) {
     throw new UsageError(`VAE beta must be a finite number >= 0, got ${beta}`, { hint: 'the default is 0.1' });
   }
+  if (config.comparator) {
+    const levels = config.comparator.filters;
+    if (levels.length < 1 || !levels.every((f) => Number.isInteger(f) && f >= 1)) {
+      throw new UsageError(`comparator filters must be one or more positive integers, got [${levels.join(', ')}]`, { hint: 'e.g. [8, 16, 32]' });
+    }
+    const comparatorStep = 2 ** levels.length;
+    if (width % comparatorStep !== 0 || height % comparatorStep !== 0) {
+      throw new UsageError(`comparator with ${levels.length} levels needs an input size that is a multiple of ${comparatorStep}, got ${width}x${height}`);
+    }
+  }
+}
+
+/**
+ * The comparator's weights, TensorFlow layouts, in creation order. Level 0 runs at half the
+ * input resolution, each later level halves it again (stride-2 convs); the decoder upsamples,
+ * convolves, concatenates the encoder's skip at that level and merges; the head's logits are
+ * repeated 2x2 back to the input size:
+ *   enc0: conv/2(2C -> f0), conv(f0 -> f0); encI: conv/2(fI-1 -> fI), conv(fI -> fI)
+ *   decI (I = L-2 .. 0): up x2, conv(fI+1 -> fI), concat skip I, conv(2 fI -> fI); head: conv(f0 -> 1)
+ */
+export function comparatorWeightShapes(config: VaeConfig): Array<[name: string, shape: number[]]> {
+  if (!config.comparator) return [];
+  const filters = config.comparator.filters;
+  const shapes: Array<[string, number[]]> = [];
+  const conv = (name: string, input: number, out: number) => shapes.push([`${name}.kernel`, [3, 3, input, out]], [`${name}.bias`, [out]]);
+  filters.forEach((out, i) => {
+    conv(`comparator.enc${i}.a`, i === 0 ? 2 * config.channels : filters[i - 1]!, out);
+    conv(`comparator.enc${i}.b`, out, out);
+  });
+  for (let i = filters.length - 2; i >= 0; i--) {
+    conv(`comparator.dec${i}.up`, filters[i + 1]!, filters[i]!);
+    conv(`comparator.dec${i}.merge`, 2 * filters[i]!, filters[i]!);
+  }
+  conv('comparator.head', filters[0]!, 1);
+  return shapes;
 }
 
 /**
@@ -87,5 +130,5 @@ export function weightShapes(config: VaeConfig): Array<[name: string, shape: num
     const out = j === levels - 1 ? channels : filters[levels - 2 - j]!;
     shapes.push([`decoder.conv${j}.kernel`, [3, 3, input, out]], [`decoder.conv${j}.bias`, [out]]);
   }
-  return shapes;
+  return [...shapes, ...comparatorWeightShapes(config)];
 }

@@ -30,16 +30,19 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { UsageError } from '../errors.js';
-import type { ImageTensor } from '../image/tensor.js';
+import { shiftImage, type ImageTensor } from '../image/tensor.js';
 import { normalSampler, randomInt, seededRandom, shuffled, type Random } from './random.js';
 import { validateVaeConfig, weightShapes, type VaeConfig, type VaeWeights, type WeightTensor } from './vae-config.js';
 
-export { DEFAULT_VAE_CONFIG, validateVaeConfig, weightShapes, type VaeConfig, type VaeWeights, type WeightTensor } from './vae-config.js';
+export { DEFAULT_COMPARATOR_FILTERS, DEFAULT_VAE_CONFIG, validateVaeConfig, weightShapes, type VaeConfig, type VaeWeights, type WeightTensor } from './vae-config.js';
 
 export interface EpochInfo {
+  /** `vae`: the reconstruction network; `comparator`: the segmentation head, trained after it with the VAE frozen. */
+  phase: 'vae' | 'comparator';
+  /** Counted across both phases, so that a progress bar runs once from 1 to `epochs`. */
   epoch: number;
   epochs: number;
-  /** Mean per image over the epoch: reconLoss + beta * kl. */
+  /** Mean per image over the epoch: reconLoss + beta * kl (vae); the focal loss per pixel (comparator). */
   loss: number;
   /** Mean summed squared pixel error per image. */
   reconLoss: number;
@@ -59,6 +62,15 @@ export interface TrainOptions {
   seed: number;
   /** Random translation of each training image by up to +-N pixels, edges repeated; default 0. */
   augmentShift?: number;
+  /**
+   * Synthetic defects (see synthetic.ts): the VAE is fed the corrupted image and learns to
+   * restore the clean one, so real defects stay in its error map; the comparator learns the masks.
+   */
+  anomalies?: { corrupt(image: ImageTensor): { image: ImageTensor; mask: Float32Array } };
+  /** Weight of the summed (1 - SSIM) map next to the summed squared error; default 0. */
+  ssimWeight?: number;
+  /** Comparator passes over the images, after the VAE's; default: `epochs`. Needs `config.comparator` and `anomalies`. */
+  comparatorEpochs?: number;
   onEpoch?: (info: EpochInfo) => void;
   /** Checked between steps; training then throws an error named 'AbortError'. */
   signal?: AbortSignal;
@@ -115,9 +127,14 @@ function initialWeights(config: VaeConfig, random: Random): Record<string, Weigh
       const receptive = shape.length === 4 ? shape[0]! * shape[1]! : 1;
       const fanIn = receptive * shape[shape.length - 2]!;
       const fanOut = receptive * shape[shape.length - 1]!;
-      const feedsRelu = !name.startsWith('encoder.mu') && !name.startsWith('encoder.logVar') && name !== lastDecoderKernel(config);
+      const feedsRelu =
+        !name.startsWith('encoder.mu') && !name.startsWith('encoder.logVar') && name !== lastDecoderKernel(config) && name !== 'comparator.head.kernel';
       const limit = feedsRelu ? Math.sqrt(6 / fanIn) : Math.sqrt(6 / (fanIn + fanOut));
       for (let i = 0; i < data.length; i++) data[i] = (2 * random() - 1) * limit;
+    } else if (name === 'comparator.head.bias') {
+      // Start the comparator saying "normal, p = 1%" everywhere (RetinaNet's prior): most pixels are,
+      // and the focal loss would otherwise spend its first epochs learning that.
+      data.fill(-Math.log(99));
     }
     tensors[name] = { shape, data };
   }
@@ -233,6 +250,63 @@ function decode(params: Params, z: tf.Tensor2D, config: VaeConfig): tf.Tensor4D 
   return h;
 }
 
+/**
+ * The comparator's anomaly map, as logits [N, H/2, W/2, 1], from the (possibly corrupted) input and
+ * its reconstruction: a U-Net (see comparatorWeightShapes) that learns what a real difference
+ * looks like, where a fixed error map also flags every blurred edge. Its first convolution halves
+ * the resolution: at full resolution the comparator cost 2-3x the VAE's training time, and a
+ * 2-pixel cell is finer than the defects a 64-pixel model can tell apart anyway.
+ */
+function compare(params: Params, x: tf.Tensor4D, recon: tf.Tensor4D, config: VaeConfig): tf.Tensor4D {
+  const filters = config.comparator!.filters;
+  const conv = (name: string, input: tf.Tensor4D, stride: 1 | 2, first = false) =>
+    tf.relu((first ? convDownFirst : stride === 1 ? convSame : convDown)(input, param(params, `${name}.kernel`), param(params, `${name}.bias`)));
+  const skips: tf.Tensor4D[] = [];
+  let h = tf.concat([x, recon], 3);
+  filters.forEach((_, i) => {
+    h = i === 0 ? conv('comparator.enc0.a', h, 2, true) : conv(`comparator.enc${i}.a`, h, 2);
+    h = conv(`comparator.enc${i}.b`, h, 1);
+    skips.push(h);
+  });
+  for (let i = filters.length - 2; i >= 0; i--) {
+    const skip = skips[i]!;
+    const up = tf.image.resizeNearestNeighbor(h, [skip.shape[1], skip.shape[2]]);
+    h = conv(`comparator.dec${i}.merge`, tf.concat([conv(`comparator.dec${i}.up`, up, 1), skip], 3), 1);
+  }
+  return convSame(h, param(params, 'comparator.head.kernel'), param(params, 'comparator.head.bias'));
+}
+
+/**
+ * Per-cell focal loss (Lin et al. 2017, gamma 2) of logits against the defect share t of each
+ * cell, averaged: most cells are plainly normal, and their easy, confident answers should not
+ * drown the few defect cells. With p = sigmoid(z), -log p = softplus(-z), -log(1 - p) = softplus(z):
+ *   t (1 - p)^2 softplus(-z) + (1 - t) p^2 softplus(z)
+ */
+function focalLoss(logits: tf.Tensor, target: tf.Tensor): tf.Scalar {
+  const p = tf.sigmoid(logits);
+  const positive = tf.mul(tf.mul(target, tf.square(tf.sub(1, p))), tf.softplus(tf.neg(logits)));
+  const negative = tf.mul(tf.mul(tf.sub(1, target), tf.square(p)), tf.softplus(logits));
+  return tf.mean(tf.add(positive, negative)) as tf.Scalar;
+}
+
+/** Box window of the SSIM loss: 7 pixels sees the local structure at 64 px without smearing small defects. */
+const SSIM_LOSS_WINDOW = 7;
+const SSIM_C1 = 0.01 ** 2;
+const SSIM_C2 = 0.03 ** 2;
+
+/** Per-image sum of (1 - SSIM) over pixels and channels, with box-window statistics. */
+function ssimLoss(a: tf.Tensor4D, b: tf.Tensor4D): tf.Tensor1D {
+  const mean = (t: tf.Tensor) => tf.avgPool(t as tf.Tensor4D, SSIM_LOSS_WINDOW, 1, 'same');
+  const ma = mean(a);
+  const mb = mean(b);
+  const va = tf.sub(mean(tf.square(a)), tf.square(ma));
+  const vb = tf.sub(mean(tf.square(b)), tf.square(mb));
+  const cov = tf.sub(mean(tf.mul(a, b)), tf.mul(ma, mb));
+  const numerator = tf.mul(tf.add(tf.mul(2, tf.mul(ma, mb)), SSIM_C1), tf.add(tf.mul(2, cov), SSIM_C2));
+  const denominator = tf.mul(tf.add(tf.add(tf.square(ma), tf.square(mb)), SSIM_C1), tf.add(tf.add(va, vb), SSIM_C2));
+  return tf.sum(tf.sub(1, tf.div(numerator, denominator)), [1, 2, 3]) as tf.Tensor1D;
+}
+
 // ---------------------------------------------------------------------------
 // Image packing (ImageTensor is planar CHW, TF.js is NHWC)
 
@@ -247,22 +321,19 @@ function assertImagesFit(images: readonly ImageTensor[], config: VaeConfig): voi
   });
 }
 
-/** Packs images NHWC, each shifted by (dx, dy) with its edge pixels repeated into the gap. */
-function packNhwc(images: readonly ImageTensor[], shifts?: ReadonlyArray<readonly [number, number]>): Float32Array {
+/** Packs images NHWC. */
+function packNhwc(images: readonly ImageTensor[]): Float32Array {
   const { width, height, channels } = images[0]!;
   const plane = width * height;
   const out = new Float32Array(images.length * plane * channels);
   images.forEach((image, n) => {
-    const [dx, dy] = shifts?.[n] ?? [0, 0];
     const base = n * plane * channels;
-    for (let y = 0; y < height; y++) {
-      const sy = Math.min(height - 1, Math.max(0, y - dy));
-      for (let x = 0; x < width; x++) {
-        const sx = Math.min(width - 1, Math.max(0, x - dx));
-        const source = sy * width + sx;
-        const target = base + (y * width + x) * channels;
-        for (let c = 0; c < channels; c++) out[target + c] = image.data[c * plane + source]!;
-      }
+    if (channels === 1) {
+      out.set(image.data, base);
+      return;
+    }
+    for (let i = 0; i < plane; i++) {
+      for (let c = 0; c < channels; c++) out[base + i * channels + c] = image.data[c * plane + i]!;
     }
   });
   return out;
@@ -291,24 +362,33 @@ function abortError(signal: AbortSignal): Error {
   return error;
 }
 
-/** Trains a VAE on `images` (all of the config's size) and returns its weights. */
+/** Trains a VAE on `images` (all of the config's size), then its comparator if the config has one, and returns the weights. */
 export async function trainVae(
   images: ImageTensor[],
   config: VaeConfig,
   options: TrainOptions,
-): Promise<{ weights: VaeWeights; finalLoss: number }> {
+): Promise<{ weights: VaeWeights; finalLoss: number; comparatorLoss?: number }> {
   validateVaeConfig(config);
   if (images.length === 0) throw new UsageError('no training images', { hint: 'give a folder or list of normal images' });
   assertImagesFit(images, config);
   const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE;
   const learningRate = options.learningRate ?? DEFAULT_LEARNING_RATE;
   const augmentShift = options.augmentShift ?? 0;
+  const ssimWeight = options.ssimWeight ?? 0;
+  const comparatorEpochs = config.comparator ? (options.comparatorEpochs ?? options.epochs) : 0;
   // 0 epochs returns the initial weights: the untrained control that benchmarks compare against.
   if (!Number.isInteger(options.epochs) || options.epochs < 0) {
     throw new UsageError(`epochs must be a whole number >= 0, got ${options.epochs}`);
   }
+  if (!Number.isInteger(comparatorEpochs) || comparatorEpochs < 0) {
+    throw new UsageError(`comparator epochs must be a whole number >= 0, got ${comparatorEpochs}`);
+  }
+  if (comparatorEpochs > 0 && !options.anomalies) {
+    throw new UsageError('the comparator learns from synthetic anomalies: training it needs them', { hint: 'enable synthetic anomalies, or train without a comparator' });
+  }
   if (!Number.isInteger(batchSize) || batchSize < 1) throw new UsageError(`batch size must be a positive integer, got ${batchSize}`);
   if (!(learningRate > 0)) throw new UsageError(`learning rate must be > 0, got ${learningRate}`);
+  if (!(ssimWeight >= 0 && Number.isFinite(ssimWeight))) throw new UsageError(`SSIM loss weight must be a finite number >= 0, got ${ssimWeight}`);
   if (!Number.isInteger(augmentShift) || augmentShift < 0) {
     throw new UsageError(`augmentShift must be a whole number of pixels >= 0, got ${augmentShift}`);
   }
@@ -323,14 +403,34 @@ export async function trainVae(
   const initial = initialWeights(config, initRandom);
   const variables: Record<string, tf.Variable> = {};
   const optimizer = tf.train.adam(learningRate);
+  const comparatorOptimizer = tf.train.adam(learningRate);
   try {
     for (const [name, { shape, data }] of Object.entries(initial)) {
       variables[name] = tf.tidy(() => tf.variable(tf.tensor(data, shape), true));
     }
-    const variableList = Object.values(variables);
+    const isComparator = (name: string) => name.startsWith('comparator.');
+    const vaeVariables = Object.entries(variables).filter(([name]) => !isComparator(name)).map(([, v]) => v);
+    const comparatorVariables = Object.entries(variables).filter(([name]) => isComparator(name)).map(([, v]) => v);
     const indices = images.map((_, i) => i);
     const { width, height, channels, latentDim, beta } = config;
+    const totalEpochs = options.epochs + comparatorEpochs;
     let finalLoss = Number.NaN;
+    let comparatorLoss: number | undefined;
+
+    /** A batch as the networks see it: the (shifted, maybe corrupted) input, the clean target and the defect mask. */
+    const prepare = (batch: ImageTensor[]) => {
+      const clean = augmentShift > 0
+        ? batch.map((image) => shiftImage(image, randomInt(shiftRandom, -augmentShift, augmentShift), randomInt(shiftRandom, -augmentShift, augmentShift)))
+        : batch;
+      const corrupted = options.anomalies ? clean.map((image) => options.anomalies!.corrupt(image)) : undefined;
+      const masks = new Float32Array(batch.length * width * height);
+      corrupted?.forEach((c, i) => masks.set(c.mask, i * width * height));
+      return {
+        input: corrupted ? packNhwc(corrupted.map((c) => c.image)) : packNhwc(clean),
+        target: corrupted ? packNhwc(clean) : undefined,
+        masks,
+      };
+    };
 
     for (let epoch = 1; epoch <= options.epochs; epoch++) {
       const began = performance.now();
@@ -343,22 +443,26 @@ export async function trainVae(
         await yieldToEventLoop();
         if (options.signal?.aborted) throw abortError(options.signal);
         const batch = order.slice(start, start + batchSize).map((i) => images[i]!);
-        const shifts = augmentShift > 0 ? batch.map(() => [randomInt(shiftRandom, -augmentShift, augmentShift), randomInt(shiftRandom, -augmentShift, augmentShift)] as const) : undefined;
+        const prepared = prepare(batch);
         const eps = new Float32Array(batch.length * latentDim);
         for (let i = 0; i < eps.length; i++) eps[i] = noise();
         const terms = tf.tidy(() => {
-          const x = tf.tensor4d(packNhwc(batch, shifts), [batch.length, height, width, channels]);
+          const shape: [number, number, number, number] = [batch.length, height, width, channels];
+          const x = tf.tensor4d(prepared.input, shape);
+          const target = prepared.target ? tf.tensor4d(prepared.target, shape) : x;
           const epsilon = tf.tensor2d(eps, [batch.length, latentDim]);
           let parts: tf.Tensor1D | undefined;
           const { value, grads } = tf.variableGrads(() => {
             const { mu, logVar } = encode(variables, x, config);
             const z = tf.add(mu, tf.mul(tf.exp(tf.mul(logVar, 0.5)), epsilon)) as tf.Tensor2D;
             const recon = decode(variables, z, config);
-            const reconLoss = tf.mean(tf.sum(tf.squaredDifference(recon, x), [1, 2, 3]));
+            let perImage: tf.Tensor = tf.sum(tf.squaredDifference(recon, target), [1, 2, 3]);
+            if (ssimWeight > 0) perImage = tf.add(perImage, tf.mul(ssimWeight, ssimLoss(recon, target as tf.Tensor4D)));
+            const reconLoss = tf.mean(perImage);
             const kl = tf.mean(tf.mul(-0.5, tf.sum(tf.sub(tf.add(1, logVar), tf.add(tf.square(mu), tf.exp(logVar))), 1)));
             parts = tf.keep(tf.stack([reconLoss, kl]) as tf.Tensor1D);
             return tf.add(reconLoss, tf.mul(beta, kl)) as tf.Scalar;
-          }, variableList);
+          }, vaeVariables);
           optimizer.applyGradients(Object.entries(grads).map(([name, tensor]) => ({ name, tensor })));
           const all = tf.concat([value.reshape([1]), parts!]);
           parts!.dispose(); // kept out of the gradient tape's tidy, so this one is ours to free
@@ -372,11 +476,46 @@ export async function trainVae(
       }
       finalLoss = lossSum / images.length;
       options.onEpoch?.({
+        phase: 'vae',
         epoch,
-        epochs: options.epochs,
+        epochs: totalEpochs,
         loss: finalLoss,
         reconLoss: reconSum / images.length,
         kl: klSum / images.length,
+        seconds: (performance.now() - began) / 1000,
+      });
+    }
+
+    // The comparator learns on the trained VAE's reconstructions (frozen: computed outside the gradient tape).
+    for (let epoch = 1; epoch <= comparatorEpochs; epoch++) {
+      const began = performance.now();
+      const order = shuffled(indices, orderRandom);
+      let lossSum = 0;
+      for (let start = 0; start < order.length; start += batchSize) {
+        await yieldToEventLoop();
+        if (options.signal?.aborted) throw abortError(options.signal);
+        const batch = order.slice(start, start + batchSize).map((i) => images[i]!);
+        const prepared = prepare(batch);
+        const loss = tf.tidy(() => {
+          const x = tf.tensor4d(prepared.input, [batch.length, height, width, channels]);
+          // The comparator answers per 2x2 cell: the share of each cell that is defect.
+          const mask = tf.avgPool(tf.tensor4d(prepared.masks, [batch.length, height, width, 1]), 2, 2, 'valid');
+          const recon = decode(variables, encode(variables, x, config).mu, config);
+          const { value, grads } = tf.variableGrads(() => focalLoss(compare(variables, x, recon, config), mask), comparatorVariables);
+          comparatorOptimizer.applyGradients(Object.entries(grads).map(([name, tensor]) => ({ name, tensor })));
+          return value;
+        });
+        lossSum += loss.dataSync()[0]! * batch.length;
+        loss.dispose();
+      }
+      comparatorLoss = lossSum / images.length;
+      options.onEpoch?.({
+        phase: 'comparator',
+        epoch: options.epochs + epoch,
+        epochs: totalEpochs,
+        loss: comparatorLoss,
+        reconLoss: Number.NaN,
+        kl: Number.NaN,
         seconds: (performance.now() - began) / 1000,
       });
     }
@@ -385,9 +524,12 @@ export async function trainVae(
     for (const [name, variable] of Object.entries(variables)) {
       tensors[name] = { shape: variable.shape.slice(), data: new Float32Array(variable.dataSync()) };
     }
-    return { weights: { config: { ...config, filters: config.filters.slice() }, tensors }, finalLoss };
+    const savedConfig: VaeConfig = { ...config, filters: config.filters.slice() };
+    if (config.comparator) savedConfig.comparator = { filters: config.comparator.filters.slice() };
+    return { weights: { config: savedConfig, tensors }, finalLoss, comparatorLoss };
   } finally {
     optimizer.dispose();
+    comparatorOptimizer.dispose();
     for (const variable of Object.values(variables)) variable.dispose();
   }
 }
@@ -395,9 +537,10 @@ export async function trainVae(
 /**
  * The deterministic forward pass (decoder fed with mu, no sampling), the
  * reference the ONNX export is checked against. Returns reconstructions packed
- * NCHW (count x C x H x W) and latent means (count x latentDim). Needs `await initTf()` first.
+ * NCHW (count x C x H x W), latent means (count x latentDim) and, with a comparator, its
+ * anomaly-map logits (count x H x W). Needs `await initTf()` first.
  */
-export function forwardVae(weights: VaeWeights, images: ImageTensor[]): { recon: Float32Array; mu: Float32Array } {
+export function forwardVae(weights: VaeWeights, images: ImageTensor[]): { recon: Float32Array; mu: Float32Array; map?: Float32Array } {
   assertBackendReady();
   const { config } = weights;
   validateVaeConfig(config);
@@ -406,6 +549,7 @@ export function forwardVae(weights: VaeWeights, images: ImageTensor[]): { recon:
   const pixels = width * height * channels;
   const recon = new Float32Array(images.length * pixels);
   const mu = new Float32Array(images.length * latentDim);
+  const map = config.comparator ? new Float32Array(images.length * width * height) : undefined;
   const params: Params = {};
   try {
     for (const [name, expected] of weightShapes(config)) {
@@ -420,18 +564,22 @@ export function forwardVae(weights: VaeWeights, images: ImageTensor[]): { recon:
       const outputs = tf.tidy(() => {
         const x = tf.tensor4d(packNhwc(chunk), [chunk.length, height, width, channels]);
         const encoded = encode(params, x, config);
-        return { recon: decode(params, encoded.mu, config), mu: encoded.mu };
+        const reconstructed = decode(params, encoded.mu, config);
+        const map = config.comparator ? tf.image.resizeNearestNeighbor(compare(params, x, reconstructed, config), [height, width]) : undefined;
+        return { recon: reconstructed, mu: encoded.mu, map };
       });
       try {
         recon.set(nhwcToNchw(outputs.recon.dataSync() as Float32Array, chunk.length, height, width, channels), start * pixels);
         mu.set(outputs.mu.dataSync(), start * latentDim);
+        if (map && outputs.map) map.set(outputs.map.dataSync(), start * width * height);
       } finally {
         outputs.recon.dispose();
         outputs.mu.dispose();
+        outputs.map?.dispose();
       }
     }
   } finally {
     for (const tensor of Object.values(params)) tensor.dispose();
   }
-  return { recon, mu };
+  return map ? { recon, mu, map } : { recon, mu };
 }
