@@ -124,6 +124,8 @@ describe('evaluate', () => {
     // A VAE cannot reconstruct a sharp square it never saw: the structural error must rank defects first.
     expect(result.components.recon.imageAuroc).toBeGreaterThan(0.9);
     expect(result.pixelAuroc).toBeGreaterThan(0.8);
+    // The same maps and masks: AUPRO (per-region overlap up to 30% FPR) finds the squares too.
+    expect(result.pixelAupro).toBeGreaterThan(0.5);
   });
 
   it('scores each image exactly as a single unbatched run through the bundle would', async () => {
@@ -175,10 +177,11 @@ describe('linewatch eval (CLI)', () => {
     ]);
     expect(printed).toMatch(/image AUROC\s+\d\.\d{3}/);
     expect(printed).toMatch(/16 normal, 16 anomalous, 1 skipped/);
+    expect(printed).toMatch(/pixel AUPRO\s+\d\.\d{3} \(per-region overlap up to 30\.0% FPR\)/);
     expect(printed).toMatch(/int8/);
     const written = JSON.parse(await readFile(json, 'utf8'));
     expect(written).toMatchObject({ variant: 'int8', scorer: 'hybrid', counts: { normal: 16, anomalous: 16, skipped: 1 }, batch: 7 });
-    for (const key of ['imageAuroc', 'pixelAuroc', 'threshold', 'tpr', 'fpr', 'f1', 'msPerFrame']) expect(typeof written[key]).toBe('number');
+    for (const key of ['imageAuroc', 'pixelAuroc', 'pixelAupro', 'threshold', 'tpr', 'fpr', 'f1', 'msPerFrame']) expect(typeof written[key]).toBe('number');
     expect(typeof written.components.recon.imageAuroc).toBe('number');
     expect(typeof written.components.latent.imageAuroc).toBe('number');
     expect(written.model).toBe(path.resolve(bundleDir));
@@ -195,7 +198,7 @@ describe('linewatch eval (CLI)', () => {
     const json = path.join(dir, 'plain.json');
     await runCli(['--model', bundleDir, '--normal', path.join(dir, 'normal'), '--anomalous', path.join(dir, 'anomalous'), '--variant', 'fp32', '--json', json]);
     const plain = JSON.parse(await readFile(json, 'utf8'));
-    expect(plain).toMatchObject({ pixelAuroc: null, variant: 'fp32' });
+    expect(plain).toMatchObject({ pixelAuroc: null, pixelAupro: null, variant: 'fp32' });
     // Several folders per label (one per defect type, say) are evaluated together.
     const twice = path.join(dir, 'twice.json');
     await runCli(['--model', bundleDir, '--normal', path.join(dir, 'normal'), '--anomalous', path.join(dir, 'anomalous'), path.join(dir, 'anomalous'), '--json', twice]);

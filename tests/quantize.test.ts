@@ -10,6 +10,10 @@ import { imageTensor } from '../src/image/tensor.js';
 import { exportOnnx } from '../src/model/export.js';
 import { OnnxModel } from '../src/model/onnx.js';
 import { activationParams, foldNearestUpsampleIntoConv, quantizeInt8, quantizeWeight } from '../src/model/quantize.js';
+import { evaluate } from '../src/eval/eval.js';
+import { resolveImageList } from '../src/image/load.js';
+import { loadBundle } from '../src/model/bundle.js';
+import { readManifest } from '../src/model/manifest.js';
 import { DEFAULT_VAE_CONFIG, trainVae } from '../src/train/vae.js';
 import { buildVaeGraph, randomVaeWeights } from './helpers/vae-graph.js';
 
@@ -249,4 +253,32 @@ describe.skipIf(!haveTiles)('quantizeInt8 on a VAE trained on Magnetic Tile imag
     // Scores must differ between images, or agreeing on them would mean nothing.
     expect(Math.max(...sa.mse) / Math.min(...sa.mse)).toBeGreaterThan(1.5);
   });
+});
+
+const SHIPPED_TILE_BUNDLE = path.resolve('models/magnetic-tile');
+const TILE_TEST_LIST = path.resolve('../shared/data/magnetic-tile/splits/differnet_test_defect.txt');
+
+describe.skipIf(!haveTiles || !existsSync(TILE_TEST_LIST))('the shipped Magnetic Tile bundle, int8 against fp32', () => {
+  it('scores held-out normal and defective tiles alike (Pearson >= 0.999) with its own scorer, comparator included', async () => {
+    const root = path.dirname(path.dirname(TILE_TEST_LIST));
+    const normal = (await resolveImageList(path.join(root, 'splits/differnet_test_good.txt'), root)).slice(0, 60);
+    const defective = (await resolveImageList(TILE_TEST_LIST, root)).slice(0, 60);
+    const scoresOf = async (variant: 'fp32' | 'int8') => {
+      const bundle = await loadBundle(SHIPPED_TILE_BUNDLE, { variant, threads: 1 });
+      try {
+        const result = await evaluate(bundle, normal, defective, { batch: 16 });
+        return result.images.map((image) => image.score);
+      } finally {
+        await bundle.dispose();
+      }
+    };
+    const manifest = await readManifest(SHIPPED_TILE_BUNDLE);
+    expect(manifest.scoring.errorMap).toBe('comparator');
+    const [a, b] = [await scoresOf('fp32'), await scoresOf('int8')];
+    const correlation = pearson(a, b);
+    console.log(`shipped bundle, scorer ${manifest.scoring.scorer}: int8 vs fp32 Pearson ${correlation.toFixed(6)} over ${a.length} tiles`);
+    expect(correlation).toBeGreaterThanOrEqual(0.999);
+    // Scores must differ between images, or agreeing on them would mean nothing.
+    expect(Math.max(...a) - Math.min(...a)).toBeGreaterThan(1);
+  }, 120_000);
 });

@@ -24,15 +24,23 @@ describe('linewatch train', () => {
       timeoutMs: 120_000,
     });
     expect(result.code, result.output).toBe(0);
-    expect(result.stderr).toMatch(/epoch 1\/3 loss [\d.]+ .*ETA/);
-    expect(result.stdout).toMatch(/fp32: threshold/);
+    // 3 VAE epochs, then as many for the comparator (on synthetic defects, the default).
+    expect(result.stderr).toMatch(/synthetic defects on 50 %/);
+    expect(result.stderr).toMatch(/epoch 1\/6 vae loss [\d.]+ .*ETA/);
+    expect(result.stderr).toMatch(/epoch 6\/6 comparator loss [\d.]+ .*ETA/);
+    expect(result.stdout).toMatch(/fp32: threshold [\d.]+ for 0\.50% false positives/);
     expect(readdirSync(out).sort()).toEqual(['manifest.json', 'memory.fp32.f32', 'memory.int8.f32', 'model.int8.onnx', 'model.onnx']);
     const manifest = await readManifest(out);
     expect(manifest.input).toMatchObject({ width: 32, height: 16, channels: 1, normalisation: 'standardise' });
     expect(manifest.training).toMatchObject({ epochs: 3, seed: 1, images: 16, heldOut: 4 });
     expect(manifest.training.source).toContain('bottle-detection.mp4');
-    expect(manifest.scoring.scorer).toBe('recon');
+    expect(manifest.formatVersion).toBe(2);
+    expect(manifest.scoring).toMatchObject({ scorer: 'recon', errorMap: 'comparator' });
+    expect(manifest.architecture.comparator?.filters).toEqual([8, 16, 32]);
+    expect(manifest.training).toMatchObject({ comparatorEpochs: 3, anomalies: { share: 0.5, strength: [0.2, 1] } });
     expect(manifest.calibration.int8?.shiftTolerancePx).toBe(3);
+    // No frame of the training stretch scores above the threshold (the floor for video).
+    expect(manifest.calibration.int8!.threshold).toBeGreaterThanOrEqual(manifest.calibration.int8!.trainingMaxScore!);
     for (const variant of ['fp32', 'int8'] as const) {
       const bundle = await loadBundle(out, { variant });
       expect(bundle.model.providers).toEqual(['cpu']);

@@ -12,7 +12,7 @@
  * exported (Resize + Conv) is timed too, as a reference.
  *
  * Without --model it benchmarks the shipped architecture (64x64 grey, filters
- * [16, 32, 64], latent 64) with seeded random weights: speed does not depend on
+ * [16, 32, 64], latent 64, comparator [8, 16, 32]) with seeded random weights: speed does not depend on
  * what the weights learned. Calibration uses 40 Magnetic Tile images when
  * ../shared/data is there, else seeded noise images (noted in the JSON).
  */
@@ -25,12 +25,14 @@ import sharp from 'sharp';
 import { exportOnnx } from '../model/export.js';
 import { OnnxModel } from '../model/onnx.js';
 import { foldUpsampleModel, quantizeInt8 } from '../model/quantize.js';
-import { DEFAULT_VAE_CONFIG, weightShapes, type VaeConfig, type VaeWeights } from '../train/vae-config.js';
+import { DEFAULT_COMPARATOR_FILTERS, DEFAULT_VAE_CONFIG, weightShapes, type VaeConfig, type VaeWeights } from '../train/vae-config.js';
 import { normalSampler, seededRandom } from '../train/random.js';
 
 const CALIBRATION_DIR = '../shared/data/magnetic-tile/MT_Free/Imgs';
 const CALIBRATION_IMAGES = 40;
 const WARM_UP_RUNS = 50;
+/** What `linewatch train` builds by default: the VAE and its comparator, timed as one graph. */
+const SHIPPED_CONFIG: VaeConfig = { ...DEFAULT_VAE_CONFIG, comparator: { filters: [...DEFAULT_COMPARATOR_FILTERS] } };
 
 function randomWeights(config: VaeConfig, seed: number): VaeWeights {
   const normal = normalSampler(seededRandom(seed));
@@ -104,7 +106,7 @@ async function main(): Promise<void> {
     ? undefined
     : values.model
       ? new Uint8Array(await readFile(values.model))
-      : exportOnnx(randomWeights(DEFAULT_VAE_CONFIG, 1));
+      : exportOnnx(randomWeights(SHIPPED_CONFIG, 1));
   const fp32Bytes = values.bundle ? new Uint8Array(await readFile(path.join(values.bundle, 'model.onnx'))) : foldUpsampleModel(exported!);
   const probe = await OnnxModel.fromBytes(fp32Bytes, { threads: 1, name: values.bundle ?? values.model ?? 'random-weight VAE' });
   const shape = probe.inputShape;
@@ -136,7 +138,10 @@ async function main(): Promise<void> {
   const result = {
     benchmark: 'int8-speed',
     date: new Date().toISOString(),
-    model: values.bundle ?? values.model ?? `random-weight VAE ${shape.width}x${shape.height}x${shape.channels}, filters [${DEFAULT_VAE_CONFIG.filters.join(', ')}], latent ${DEFAULT_VAE_CONFIG.latentDim}`,
+    model:
+      values.bundle ??
+      values.model ??
+      `random-weight VAE ${shape.width}x${shape.height}x${shape.channels}, filters [${SHIPPED_CONFIG.filters.join(', ')}], latent ${SHIPPED_CONFIG.latentDim}, comparator [${SHIPPED_CONFIG.comparator!.filters.join(', ')}]`,
     weights: values['per-channel'] ? 'int8 per-channel (7-bit)' : 'int8 per-tensor',
     calibration: calibration.source,
     provider: 'cpu',

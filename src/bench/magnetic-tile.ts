@@ -11,12 +11,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { evaluate, type EvalResult } from '../eval/eval.js';
-import { loadImages, resolveImageList } from '../image/load.js';
+import { resolveImageList } from '../image/load.js';
 import { loadBundle } from '../model/bundle.js';
 import { readManifest, type Variant } from '../model/manifest.js';
-import { auroc } from '../scoring/metrics.js';
 import { trainBundle } from '../train/pipeline.js';
-import { pixelNearestNeighbourScores } from './baselines.js';
+import { pixelNearestNeighbourBaseline } from './baselines.js';
 
 const PUBLISHED = [
   { method: 'GANomaly', imageAuroc: 0.766 },
@@ -101,19 +100,8 @@ await rm(untrainedDir, { recursive: true, force: true });
 // The no-learning baseline, same images, same size, same run.
 const size = { width: manifest.input.width, height: manifest.input.height, channels: manifest.input.channels };
 const trainPaths = await resolveImageList(path.join(splits, 'differnet_train_good.txt'), dataRoot);
-const [train, testNormal, testAnomalous] = await Promise.all([
-  loadImages(trainPaths, size),
-  loadImages(normal, size),
-  loadImages(anomalous, size),
-]);
-const baselineBegan = performance.now();
-const baselineNormal = pixelNearestNeighbourScores(train.images, testNormal.images);
-const baselineAnomalous = pixelNearestNeighbourScores(train.images, testAnomalous.images);
-const baseline = {
-  method: 'pixel 1-NN, per-image standardised, same run',
-  imageAuroc: auroc(baselineNormal, baselineAnomalous),
-  msPerFrame: (performance.now() - baselineBegan) / (baselineNormal.length + baselineAnomalous.length),
-};
+const { imageAuroc: baselineAuroc, msPerFrame: baselineMs } = await pixelNearestNeighbourBaseline(trainPaths, normal, anomalous, size);
+const baseline = { method: 'pixel 1-NN, per-image standardised, same run', imageAuroc: baselineAuroc, msPerFrame: baselineMs };
 
 const report = {
   dataset: 'Magnetic Tile Defect, DifferNet split',

@@ -6,7 +6,7 @@ import type { ImageTensor } from '../image/tensor.js';
 import type { LoadedBundle } from '../model/bundle.js';
 import type { Variant } from '../model/manifest.js';
 import { combineComponents } from '../scoring/frame.js';
-import { auroc, confusionAt, pixelAuroc } from '../scoring/metrics.js';
+import { aupro, AUPRO_MAX_FPR, auroc, confusionAt, pixelAuroc } from '../scoring/metrics.js';
 
 /** What `evaluate` needs of a loaded bundle (the benchmark may pass its own). */
 export type EvaluableBundle = Pick<LoadedBundle, 'dir' | 'manifest' | 'variant' | 'model' | 'calibration' | 'scorer'>;
@@ -48,6 +48,8 @@ export interface EvalSummary {
   imageAuroc: number;
   /** null without masks (or when no mask marks a defect pixel). */
   pixelAuroc: number | null;
+  /** Per-region overlap up to 30% pixel FPR (MVTec AD's AUPRO) on the same maps and masks; null where pixel AUROC is. */
+  pixelAupro: number | null;
   /** The bundle's calibrated threshold for this variant (anomalous = score > threshold); null if uncalibrated. */
   threshold: number | null;
   targetFpr: number | null;
@@ -187,6 +189,7 @@ export async function evaluate(
   if (!calibration) warnings.push(`the bundle has no calibration for ${bundle.variant}: no threshold, so no TPR/FPR/F1`);
 
   let pixel: number | null = null;
+  let pro: number | null = null;
   if (options.masks) {
     const withMasks = images.filter((r) => r.label === 'normal' || r.mask);
     const missing = anomalous.length - anomalous.filter((r) => r.mask).length;
@@ -198,10 +201,9 @@ export async function evaluate(
     // A normal image without a mask file has no defect pixels by definition.
     const masks = withMasks.map((r) => r.mask ?? new Uint8Array(r.map.length));
     if (masks.some((m) => m.some((v) => v === 1))) {
-      pixel = pixelAuroc(
-        withMasks.map((r) => r.map),
-        masks,
-      );
+      const maps = withMasks.map((r) => r.map);
+      pixel = pixelAuroc(maps, masks);
+      pro = aupro(maps, masks, size.width);
     } else {
       warnings.push('no mask marks a defect pixel: pixel AUROC is not available');
     }
@@ -220,6 +222,7 @@ export async function evaluate(
       scoresOf(anomalous, (r) => r.score),
     ),
     pixelAuroc: pixel,
+    pixelAupro: pro,
     threshold: calibration?.threshold ?? null,
     targetFpr: calibration?.targetFpr ?? null,
     tpr: confusion?.tpr ?? null,
@@ -271,6 +274,7 @@ export function formatSummary(summary: EvalSummary): string {
       `recon ${figure(components.recon.imageAuroc)}, latent ${figure(components.latent.imageAuroc)}, hybrid ${figure(components.hybrid.imageAuroc)}`,
     ],
     ['pixel AUROC', figure(summary.pixelAuroc)],
+    ['pixel AUPRO', summary.pixelAupro === null ? '-' : `${figure(summary.pixelAupro)} (per-region overlap up to ${percent(AUPRO_MAX_FPR)} FPR)`],
     [
       'threshold',
       summary.threshold === null ? '- (bundle not calibrated)' : `${summary.threshold.toFixed(4)} (calibrated for ${percent(summary.targetFpr)} FPR)`,

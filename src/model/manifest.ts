@@ -80,6 +80,11 @@ export const CalibrationSchema = z
     std: z.number().min(0),
     /** Held-out images were also scored moved by this many pixels each way: such shifts stay below the threshold. */
     shiftTolerancePx: z.number().int().min(0).default(0),
+    /**
+     * Video bundles: the highest score of a training frame. The threshold is raised to it when it
+     * lies above, since every frame of the training stretch was declared normal.
+     */
+    trainingMaxScore: z.number().optional(),
     /*
      * What the threshold can promise. N held-out scores show a false-positive rate directly only
      * down to about 1/N: below that, the empirical quantile is just the held-out maximum, whose

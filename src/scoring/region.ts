@@ -31,33 +31,58 @@ export interface Size {
  */
 export function anomalyBox(map: Float32Array, width: number, height: number, level: number): Box | null {
   checkDimensions(map, width, height);
-  const size = width * height;
-  // 0 = below level, 1 = above level and not yet visited, 2 = visited.
-  const marks = new Uint8Array(size);
-  for (let i = 0; i < size; i++) if (map[i]! >= level) marks[i] = 1;
+  const above = new Uint8Array(width * height);
+  for (let i = 0; i < above.length; i++) if (map[i]! >= level) above[i] = 1;
+  const { labels, sizes } = labelRegions(above, width, height);
+  if (sizes.length === 0) return null;
+  let largest = 0;
+  for (let r = 1; r < sizes.length; r++) if (sizes[r]! > sizes[largest]!) largest = r;
+  const label = largest + 1;
+  let minX = width;
+  let minY = height;
+  let maxX = -1;
+  let maxY = -1;
+  for (let index = 0; index < labels.length; index++) {
+    if (labels[index] !== label) continue;
+    const x = index % width;
+    const y = (index - x) / width;
+    if (x < minX) minX = x;
+    if (x > maxX) maxX = x;
+    if (y < minY) minY = y;
+    if (y > maxY) maxY = y;
+  }
+  return { x: minX, y: minY, width: maxX - minX + 1, height: maxY - minY + 1 };
+}
 
+export interface Regions {
+  /** Per pixel: 0 outside every region, else the region's number 1..sizes.length. */
+  labels: Int32Array;
+  /** Pixel count of region r at sizes[r - 1]. */
+  sizes: number[];
+}
+
+/**
+ * The 8-connected regions of the pixels where `inside` is nonzero, numbered 1, 2, ... in
+ * row-major order of their first pixel.
+ */
+export function labelRegions(inside: ArrayLike<number>, width: number, height: number): Regions {
+  checkDimensions(inside, width, height);
+  const size = width * height;
+  const labels = new Int32Array(size);
+  const sizes: number[] = [];
   const stack = new Int32Array(size);
-  let best: Box | null = null;
-  let bestCount = 0;
   for (let seed = 0; seed < size; seed++) {
-    if (marks[seed] !== 1) continue;
-    marks[seed] = 2;
+    if (!inside[seed] || labels[seed] !== 0) continue;
+    const label = sizes.length + 1;
+    labels[seed] = label;
     stack[0] = seed;
     let top = 1;
     let count = 0;
-    let minX = width;
-    let minY = height;
-    let maxX = -1;
-    let maxY = -1;
     while (top > 0) {
       const index = stack[--top]!;
       const x = index % width;
       const y = (index - x) / width;
       count++;
-      if (x < minX) minX = x;
-      if (x > maxX) maxX = x;
-      if (y < minY) minY = y;
-      if (y > maxY) maxY = y;
       for (let dy = -1; dy <= 1; dy++) {
         const ny = y + dy;
         if (ny < 0 || ny >= height) continue;
@@ -65,19 +90,16 @@ export function anomalyBox(map: Float32Array, width: number, height: number, lev
           const nx = x + dx;
           if (nx < 0 || nx >= width) continue;
           const neighbour = ny * width + nx;
-          if (marks[neighbour] === 1) {
-            marks[neighbour] = 2;
+          if (inside[neighbour] && labels[neighbour] === 0) {
+            labels[neighbour] = label;
             stack[top++] = neighbour;
           }
         }
       }
     }
-    if (count > bestCount) {
-      bestCount = count;
-      best = { x: minX, y: minY, width: maxX - minX + 1, height: maxY - minY + 1 };
-    }
+    sizes.push(count);
   }
-  return best;
+  return { labels, sizes };
 }
 
 /**
@@ -105,7 +127,7 @@ function clamp(value: number, low: number, high: number): number {
   return Math.min(high, Math.max(low, value));
 }
 
-function checkDimensions(map: Float32Array, width: number, height: number): void {
+function checkDimensions(map: ArrayLike<number>, width: number, height: number): void {
   if (!Number.isInteger(width) || !Number.isInteger(height) || width <= 0 || height <= 0) {
     throw new RangeError(`map size must be positive integers, got ${width}x${height}`);
   }

@@ -1,5 +1,6 @@
 import { UsageError } from '../errors.js';
 import type { Calibration } from '../model/manifest.js';
+import { describeCalibration } from './metrics.js';
 
 export interface ThresholdSetting {
   mode: 'manifest' | 'absolute' | 'fpr';
@@ -21,7 +22,7 @@ export function resolveThreshold(setting: ThresholdSetting, calibration: Calibra
     });
   }
   if (setting.mode === 'manifest') {
-    return { threshold: calibration.threshold, note: `calibrated for ${(calibration.targetFpr * 100).toFixed(2)}% false positives` };
+    return { threshold: calibration.threshold, note: `calibrated: ${describeCalibration(calibration)}` };
   }
   const fpr = setting.value!;
   const { p50, p90, p95, p99, max } = calibration.quantiles;

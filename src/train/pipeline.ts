@@ -151,7 +151,9 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
   const files: Record<string, Uint8Array> = { 'model.onnx': fp32Bytes };
 
   const calibrationShift = options.calibrationShift ?? 0;
-  const fp32 = await scoreVariant(fp32Bytes, training, heldOut, calibrationShift, baseScoring, config.latentDim, options.targetFpr, undefined);
+  // Video: a stretch of time the user called normal, so no frame of it may score above the threshold.
+  const floorAtTrainingMax = Boolean(options.video);
+  const fp32 = await scoreVariant(fp32Bytes, training, heldOut, calibrationShift, baseScoring, config.latentDim, options.targetFpr, undefined, floorAtTrainingMax);
   files['memory.fp32.f32'] = new Uint8Array(fp32.memory.buffer);
   const scoring = fp32.scoring;
   const calibration: Manifest['calibration'] = { fp32: fp32.calibration };
@@ -166,7 +168,7 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
       ? calibrationImages.map((image, i) => (i % 2 === 1 ? anomalies.corrupt(image).image : image).data)
       : calibrationImages.map((image) => image.data);
     const int8Bytes = await quantizeInt8(fp32Bytes, calibrationInputs);
-    const int8 = await scoreVariant(int8Bytes, training, heldOut, calibrationShift, scoring, config.latentDim, options.targetFpr, scoring);
+    const int8 = await scoreVariant(int8Bytes, training, heldOut, calibrationShift, scoring, config.latentDim, options.targetFpr, scoring, floorAtTrainingMax);
     files['model.int8.onnx'] = int8Bytes;
     files['memory.int8.f32'] = new Uint8Array(int8.memory.buffer);
     calibration.int8 = int8.calibration;
@@ -242,10 +244,12 @@ async function scoreVariant(
   latentDim: number,
   targetFpr: number,
   fixedScoring: ScoringSettings | undefined,
+  floorAtTrainingMax: boolean,
 ): Promise<VariantScores> {
   const model = await OnnxModel.fromBytes(modelBytes, { threads: 2 });
   try {
-    const memory = packRows((await inferImages(model, training)).mu);
+    const trainingOutputs = await inferImages(model, training);
+    const memory = packRows(trainingOutputs.mu);
     // The raw components do not depend on the normalisation, so each image is scored once.
     const scorer = new FrameScorer(fixedScoring ?? scoring, memory, latentDim);
     const componentsOf = (images: ImageTensor[], outputs: ImageOutputs) =>
@@ -261,7 +265,15 @@ async function scoreVariant(
       },
     };
     const scores = [...heldOutComponents, ...shiftedComponents].map((c) => combineComponents(settings, c.recon, c.latent));
-    return { memory, scoring: settings, calibration: calibrate(scores, targetFpr, calibrationShift) };
+    const calibration = calibrate(scores, targetFpr, calibrationShift);
+    if (floorAtTrainingMax) {
+      // Every frame of the training stretch was declared normal: none of them may alarm. A camera
+      // bumped for a moment inside that stretch otherwise sets off the first event of the day.
+      const trainingMax = Math.max(...componentsOf(training, trainingOutputs).map((c) => combineComponents(settings, c.recon, c.latent)));
+      calibration.trainingMaxScore = trainingMax;
+      if (trainingMax > calibration.threshold) calibration.threshold = trainingMax;
+    }
+    return { memory, scoring: settings, calibration };
   } finally {
     await model.dispose();
   }
