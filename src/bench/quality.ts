@@ -348,7 +348,25 @@ async function benchImageSet(set: ImageSet, tmp: string): Promise<DatasetResult<
       [...new Set(groups.values())].sort().map((g) => [g, { normal: count(normalPaths!, g), anomalous: count(anomalousPaths!, g) }]),
     );
   }
-  let size: ImageSize | undefined;
+  // The no-learning baseline: same training list, same test images, the model's input size.
+  // The CLI's default input for grey image sets; computed first, so that partial results carry it.
+  const size: ImageSize = { width: 64, height: 64, channels: 1 };
+  const method = `pixel 1-NN (per-image standardised, ${size.width}x${size.height}x${size.channels}), same run`;
+  try {
+    console.error(`  [${set.id}] ${method} ...`);
+    const b = await pixelNearestNeighbourBaseline(trainPaths!, normalPaths!, anomalousPaths!, size);
+    const scored = (side: ScoredImages) => side.paths.map((p, i) => ({ path: p, score: side.scores[i]! }));
+    result.baseline = {
+      method,
+      size,
+      imageAuroc: b.imageAuroc,
+      msPerFrame: b.msPerFrame,
+      groups: groups && groupFigures(scored(b.normal), scored(b.anomalous), groups, null),
+    };
+    console.error(`  [${set.id}] 1-NN image AUROC ${b.imageAuroc.toFixed(3)}`);
+  } catch (error) {
+    result.baseline = { method, failed: describe(error) };
+  }
 
   for (const seed of seeds) {
     for (const arm of IMAGE_ARMS) {
@@ -358,7 +376,6 @@ async function benchImageSet(set: ImageSet, tmp: string): Promise<DatasetResult<
       const run: SeedRun<ImageFigures> = { seed, train: record, variants: {} };
       (result.arms[arm.key] ??= { label: arm.label, variants: arm.variants, runs: [] }).runs.push(run);
       if (!manifest) continue;
-      size ??= { width: manifest.input.width, height: manifest.input.height, channels: manifest.input.channels };
       for (const variant of arm.variants) {
         const json = path.join(tmp, `${set.id}-${arm.key}-${seed}-${variant}.json`);
         const args = ['eval', '--model', bundle, '--normal', lists[1]!, '--anomalous', lists[2]!, '--root', set.root];
@@ -380,26 +397,11 @@ async function benchImageSet(set: ImageSet, tmp: string): Promise<DatasetResult<
       await keep(bundle, set.id, arm, seed);
       await rm(bundle, { recursive: true, force: true });
     }
+    // After every seed, so that a run cut short still leaves the seeds it finished.
+    result.wallS = (performance.now() - began) / 1000;
+    await savePartial(result);
   }
 
-  // The no-learning baseline: same training list, same test images, the model's input size.
-  size ??= { width: 64, height: 64, channels: 1 };
-  const method = `pixel 1-NN (per-image standardised, ${size.width}x${size.height}x${size.channels}), same run`;
-  try {
-    console.error(`  [${set.id}] ${method} ...`);
-    const b = await pixelNearestNeighbourBaseline(trainPaths!, normalPaths!, anomalousPaths!, size);
-    const scored = (side: ScoredImages) => side.paths.map((p, i) => ({ path: p, score: side.scores[i]! }));
-    result.baseline = {
-      method,
-      size,
-      imageAuroc: b.imageAuroc,
-      msPerFrame: b.msPerFrame,
-      groups: groups && groupFigures(scored(b.normal), scored(b.anomalous), groups, null),
-    };
-    console.error(`  [${set.id}] 1-NN image AUROC ${b.imageAuroc.toFixed(3)}`);
-  } catch (error) {
-    result.baseline = { method, failed: describe(error) };
-  }
   result.wallS = (performance.now() - began) / 1000;
   return result;
 }
@@ -512,6 +514,8 @@ async function benchVideo(video: string, tmp: string): Promise<DatasetResult<Vid
       await keep(bundle, 'video', arm, seed);
       await rm(bundle, { recursive: true, force: true });
     }
+    result.wallS = (performance.now() - began) / 1000;
+    await savePartial(result);
   }
 
   // 1-NN on frames: the bank is the first 5 s, the training stretch, at the training rate and the model's size.
@@ -842,6 +846,13 @@ async function save(): Promise<void> {
 const tmp = await mkdtemp(path.join(os.tmpdir(), 'linewatch-quality-'));
 const jobs = Math.max(1, Number(flags.jobs));
 const finished = new Map<DatasetId, AnyDatasetResult>();
+async function savePartial(result: AnyDatasetResult): Promise<void> {
+  finished.set(result.id, result);
+  report.datasets = datasets.flatMap((d) => finished.get(d) ?? []);
+  report.summary[result.id] = result.id === 'video' ? summaryOf(result as DatasetResult<VideoFigures>, VIDEO_METRICS) : summaryOf(result as DatasetResult<ImageFigures>, imageMetrics(result));
+  await save();
+}
+
 async function benchDataset(id: DatasetId): Promise<void> {
   console.error(`== ${id} ==`);
   let result: AnyDatasetResult;
@@ -851,11 +862,8 @@ async function benchDataset(id: DatasetId): Promise<void> {
     result = { id, name: id === 'video' ? 'demo video' : IMAGE_SETS[id].name, status: 'failed', reason: describe(error), arms: {}, wallS: 0 };
   }
   if (result.status !== 'ok') console.error(`${id}: ${result.status.toUpperCase()}: ${result.reason}`);
-  finished.set(id, result);
-  report.datasets = datasets.flatMap((d) => finished.get(d) ?? []);
-  report.summary[id] = result.id === 'video' ? summaryOf(result as DatasetResult<VideoFigures>, VIDEO_METRICS) : summaryOf(result as DatasetResult<ImageFigures>, imageMetrics(result));
-  // Written after each data set, so hours of work survive a later failure.
-  await save();
+  // Written after each data set (and each seed), so hours of work survive a later failure.
+  await savePartial(result);
 }
 try {
   const queue = [...datasets];
