@@ -3,11 +3,14 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { toInterleavedBytes } from '../src/image/tensor.js';
 import { loadBundle } from '../src/model/bundle.js';
 import { parseManifest, readManifest } from '../src/model/manifest.js';
 import { REPO, runCli } from './helpers/agent.js';
 import { DEMO_VIDEO } from './helpers/camera.js';
+import { texture } from './helpers/images.js';
 
 const TINY = ['--size', '32x16', '--filters', '4,8', '--latent', '8', '--batch-size', '8'];
 
@@ -52,6 +55,46 @@ describe('linewatch train', () => {
     expect(again.code).toBe(2);
     expect(again.stderr).toMatch(/already exists.*\n.*--force/);
     expect(readFileSync(path.join(out, 'model.onnx')).equals(before)).toBe(true);
+  }, 180_000);
+
+  it('trains on a folder of images with synthetic defects, a comparator and the hybrid score, and evaluates', async () => {
+    const images = path.join(dir, 'tiles');
+    const textures = path.join(dir, 'textures');
+    mkdirSync(images);
+    mkdirSync(textures);
+    for (let i = 0; i < 24; i++) {
+      await sharp(toInterleavedBytes(texture(48, 48, 1, i + 1)), { raw: { width: 48, height: 48, channels: 1 } }).png().toFile(path.join(images, `tile-${i}.png`));
+    }
+    for (let i = 0; i < 2; i++) {
+      await sharp(toInterleavedBytes(texture(40, 40, 3, 100 + i)), { raw: { width: 40, height: 40, channels: 3 } }).png().toFile(path.join(textures, `t-${i}.png`));
+    }
+    const out = path.join(dir, 'tile-bundle');
+    const small = ['--size', '32', '--filters', '4,8', '--latent', '8', '--batch-size', '8', '--comparator-filters', '4,8'];
+    const result = runCli(['train', '--images', images, '--epochs', '2', ...small, '--anomaly-textures', textures, '--anomaly-share', '0.7', '--out', out], {
+      timeoutMs: 120_000,
+    });
+    expect(result.code, result.output).toBe(0);
+    expect(result.stderr).toMatch(/synthetic defects on 70 %/);
+    const manifest = await readManifest(out);
+    expect(manifest.scoring).toMatchObject({ scorer: 'hybrid', errorMap: 'comparator', pooling: 'topk', blurSigma: 2 });
+    expect(manifest.architecture.comparator?.filters).toEqual([4, 8]);
+    expect(manifest.training.anomalies).toMatchObject({ share: 0.7, textures: 'textures' });
+    expect(manifest.calibration.int8?.method).toMatch(/^(empirical|tail-fit)$/);
+    const evaluated = runCli(['eval', '--model', out, '--normal', images, '--anomalous', textures, '--json', path.join(dir, 'tile-eval.json')]);
+    expect(evaluated.code, evaluated.output).toBe(0);
+    const summary = JSON.parse(readFileSync(path.join(dir, 'tile-eval.json'), 'utf8'));
+    expect(summary.imageAuroc).toBeGreaterThanOrEqual(0);
+    expect(summary.components.recon.imageAuroc).toEqual(expect.any(Number));
+
+    // Options that cannot work together, or values out of range, are refused before any training.
+    const conflicting = runCli(['train', '--images', images, '--no-comparator', '--error-map', 'comparator', ...small, '--out', path.join(dir, 'never')]);
+    expect(conflicting.code).toBe(2);
+    expect(conflicting.stderr).toMatch(/error map "comparator" needs a comparator/);
+    const badShare = runCli(['train', '--images', images, '--anomaly-share', '1.5', '--anomaly-strength', '0.9,0.1', ...small, '--out', path.join(dir, 'never')]);
+    expect(badShare.code).toBe(2);
+    expect(badShare.stderr).toMatch(/share must be in \[0, 1\], got 1\.5/);
+    expect(badShare.stderr).toMatch(/strength must be \[min, max\]/);
+    expect(existsSync(path.join(dir, 'never'))).toBe(false);
   }, 180_000);
 
   it('writes to models/<video name> when --out is not given', () => {

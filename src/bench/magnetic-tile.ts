@@ -15,6 +15,7 @@ import { resolveImageList } from '../image/load.js';
 import { loadBundle } from '../model/bundle.js';
 import { readManifest, type Variant } from '../model/manifest.js';
 import { trainBundle } from '../train/pipeline.js';
+import { DEFAULT_COMPARATOR_FILTERS } from '../train/vae-config.js';
 import { pixelNearestNeighbourBaseline } from './baselines.js';
 
 const PUBLISHED = [
@@ -37,7 +38,7 @@ const splits = path.join(dataRoot, 'splits');
 const outDir = values.out!;
 await mkdir(outDir, { recursive: true });
 
-/** The settings of the shipped Magnetic Tile bundle; `epochs: 0` gives the untrained control. */
+/** The settings of the shipped Magnetic Tile bundle (`linewatch train` defaults); `epochs: 0` gives the untrained control. */
 function trainOnSplit(out: string, epochs: number | undefined) {
   return trainBundle({
     images: path.join(splits, 'differnet_train_good.txt'),
@@ -52,7 +53,10 @@ function trainOnSplit(out: string, epochs: number | undefined) {
     epochs,
     seed: 1,
     valFraction: 0.1,
-    scoring: { scorer: 'latent' },
+    anomalies: { share: 0.5 },
+    ssimWeight: 1,
+    comparator: { filters: [...DEFAULT_COMPARATOR_FILTERS] },
+    scoring: { scorer: 'hybrid', errorMap: 'comparator', blurSigma: 2, pooling: 'topk' },
     targetFpr: 0.005,
     int8: true,
     out,
