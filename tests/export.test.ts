@@ -80,7 +80,7 @@ describe.each(Object.entries(CONFIGS))('exportOnnx (%s)', (_, config) => {
     const input = model.graph!.input![0]!.type!.tensorType!.shape!.dim!;
     expect(input.map((d) => d.dimParam || Number(d.dimValue))).toEqual(['batch', config.channels, config.height, config.width]);
     const ops = new Set(model.graph!.node!.map((node) => node.opType));
-    const expectedOps = ['Conv', 'Flatten', 'Gemm', 'Relu', 'Reshape', 'Resize', 'Sigmoid', ...(config.comparator ? ['Concat'] : [])];
+    const expectedOps = ['Conv', 'Flatten', 'Gemm', 'Relu', 'Reshape', 'Resize', 'Sigmoid', ...(config.comparator ? ['Concat', 'Sub'] : [])];
     expect([...ops].sort()).toEqual(expectedOps.sort());
     const names = model.graph!.node!.map((node) => node.name);
     expect(new Set(names).size).toBe(names.length);

@@ -2,7 +2,9 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { UsageError } from '../src/errors.js';
 import { imageTensor, type ImageTensor } from '../src/image/tensor.js';
+import { auroc } from '../src/scoring/metrics.js';
 import { seededRandom } from '../src/train/random.js';
+import { SyntheticAnomalies } from '../src/train/synthetic.js';
 import { conv3x3, forwardVae, initTf, trainVae, type VaeConfig, type VaeWeights } from '../src/train/vae.js';
 import { maxAbsDiff } from './helpers/arrays.js';
 
@@ -191,4 +193,55 @@ describe('forwardVae', () => {
       rgbImages.reduce((sum, image, n) => sum + image.data.reduce((s, v, i) => s + (v - reference(n, i)) ** 2, 0), 0) / rgbImages.length;
     expect(error((n, i) => all[n * 768 + i]!)).toBeLessThan(0.5 * error((_, i) => mean[i]!));
   });
+});
+
+describe('training on synthetic defects', () => {
+  const config: VaeConfig = { width: 32, height: 32, channels: 1, filters: [8, 16], latentDim: 16, beta: 0.01, comparator: { filters: [4, 8] } };
+  const normals = syntheticImages(96, 21, 1, 32);
+  const probeNormals = syntheticImages(24, 22, 1, 32);
+
+  it('teaches the VAE to give back the clean image and the comparator to find the defect', async () => {
+    const anomalies = new SyntheticAnomalies(normals, { share: 0.5, strength: [0.6, 1], kinds: ['noise', 'scar'] }, 3);
+    const phases = new Set<string>();
+    const { weights, comparatorLoss } = await trainVae(normals, config, {
+      epochs: 30,
+      comparatorEpochs: 30,
+      anomalies,
+      ssimWeight: 1,
+      seed: 4,
+      batchSize: 16,
+      learningRate: 3e-3,
+      onEpoch: (info) => phases.add(info.phase),
+    });
+    expect([...phases]).toEqual(['vae', 'comparator']);
+    expect(comparatorLoss).toBeGreaterThan(0);
+
+    // Unseen images with unseen defects (another generator seed).
+    const probe = new SyntheticAnomalies(probeNormals, { share: 1, strength: [0.8, 1], kinds: ['noise', 'scar'] }, 99);
+    const corrupted = probeNormals.map((image) => ({ clean: image, ...probe.corrupt(image) }));
+    const out = forwardVae(weights, corrupted.map((c) => c.image));
+    const plane = 32 * 32;
+    let towardsClean = 0;
+    let towardsCorrupted = 0;
+    const inside: number[] = [];
+    const outside: number[] = [];
+    corrupted.forEach((c, n) => {
+      for (let i = 0; i < plane; i++) {
+        const recon = out.recon[n * plane + i]!;
+        const logit = out.map![n * plane + i]!;
+        if (c.mask[i]) {
+          // Inside the defect the reconstruction should lie nearer the clean image than the defect it was shown.
+          towardsClean += Math.abs(recon - c.clean.data[i]!);
+          towardsCorrupted += Math.abs(recon - c.image.data[i]!);
+          inside.push(logit);
+        } else {
+          outside.push(logit);
+        }
+      }
+    });
+    expect(towardsClean).toBeLessThan(0.8 * towardsCorrupted);
+    // The comparator's map ranks defect pixels above the rest (pixel AUROC), where an untrained one is at
+    // chance (measured 0.91; 0.76 before it was given the difference as an input).
+    expect(auroc(outside, inside)).toBeGreaterThan(0.85);
+  }, 120_000);
 });

@@ -100,7 +100,8 @@ export function exportOnnx(weights: VaeWeights): Uint8Array {
 /** The comparator U-Net (see comparatorWeightShapes) on concat(image, recon), ending in the anomaly-map logits. */
 function exportComparator(graph: GraphBuilder, filters: readonly number[], tensors: Record<string, WeightTensor>): void {
   const convRelu = (name: string, input: string, stride: 1 | 2) => graph.unary('Relu', `${name}.relu`, graph.conv(name, input, tensors, stride));
-  let x = graph.node('Concat', 'comparator.concat', [MODEL_IO.input, MODEL_IO.recon], [intAttribute('axis', 1)]);
+  const difference = graph.node('Sub', 'comparator.difference', [MODEL_IO.input, MODEL_IO.recon]);
+  let x = graph.node('Concat', 'comparator.concat', [MODEL_IO.input, MODEL_IO.recon, difference], [intAttribute('axis', 1)]);
   const skips: string[] = [];
   filters.forEach((_, i) => {
     x = convRelu(`comparator.enc${i}.a`, x, 2);

@@ -87,8 +87,9 @@ export function validateVaeConfig(config: VaeConfig): void {
  * input resolution, each later level halves it again (stride-2 convs); the decoder upsamples,
  * convolves, concatenates the encoder's skip at that level and merges; the head's logits are
  * repeated 2x2 back to the input size:
- *   enc0: conv/2(2C -> f0), conv(f0 -> f0); encI: conv/2(fI-1 -> fI), conv(fI -> fI)
+ *   enc0: conv/2(3C -> f0), conv(f0 -> f0); encI: conv/2(fI-1 -> fI), conv(fI -> fI)
  *   decI (I = L-2 .. 0): up x2, conv(fI+1 -> fI), concat skip I, conv(2 fI -> fI); head: conv(f0 -> 1)
+ * The 3C input channels are the frame, its reconstruction and their difference.
  */
 export function comparatorWeightShapes(config: VaeConfig): Array<[name: string, shape: number[]]> {
   if (!config.comparator) return [];
@@ -96,7 +97,7 @@ export function comparatorWeightShapes(config: VaeConfig): Array<[name: string, 
   const shapes: Array<[string, number[]]> = [];
   const conv = (name: string, input: number, out: number) => shapes.push([`${name}.kernel`, [3, 3, input, out]], [`${name}.bias`, [out]]);
   filters.forEach((out, i) => {
-    conv(`comparator.enc${i}.a`, i === 0 ? 2 * config.channels : filters[i - 1]!, out);
+    conv(`comparator.enc${i}.a`, i === 0 ? 3 * config.channels : filters[i - 1]!, out);
     conv(`comparator.enc${i}.b`, out, out);
   });
   for (let i = filters.length - 2; i >= 0; i--) {

@@ -262,7 +262,9 @@ function compare(params: Params, x: tf.Tensor4D, recon: tf.Tensor4D, config: Vae
   const conv = (name: string, input: tf.Tensor4D, stride: 1 | 2, first = false) =>
     tf.relu((first ? convDownFirst : stride === 1 ? convSame : convDown)(input, param(params, `${name}.kernel`), param(params, `${name}.bias`)));
   const skips: tf.Tensor4D[] = [];
-  let h = tf.concat([x, recon], 3);
+  // The difference as a third input: a network this small otherwise spends its first layer learning
+  // to subtract (measured on synthetic defects: pixel AUROC 0.76 without it, below |x - recon| alone).
+  let h = tf.concat([x, recon, tf.sub(x, recon) as tf.Tensor4D], 3);
   filters.forEach((_, i) => {
     h = i === 0 ? conv('comparator.enc0.a', h, 2, true) : conv(`comparator.enc${i}.a`, h, 2);
     h = conv(`comparator.enc${i}.b`, h, 1);
