@@ -97,7 +97,7 @@ export function exportOnnx(weights: VaeWeights): Uint8Array {
   return onnx.ModelProto.encode(model).finish();
 }
 
-/** The comparator U-Net (see comparatorWeightShapes) on concat(image, recon), ending in the anomaly-map logits. */
+/** The comparator U-Net (see comparatorWeightShapes) on concat(image, recon, image - recon), ending in the anomaly-map logits. */
 function exportComparator(graph: GraphBuilder, filters: readonly number[], tensors: Record<string, WeightTensor>): void {
   const convRelu = (name: string, input: string, stride: 1 | 2) => graph.unary('Relu', `${name}.relu`, graph.conv(name, input, tensors, stride));
   const difference = graph.node('Sub', 'comparator.difference', [MODEL_IO.input, MODEL_IO.recon]);

@@ -36,8 +36,6 @@ export interface QuantizeOptions {
    * quantizing; onnxruntime's uint8 Resize is slow. Default true.
    */
   foldUpsample?: boolean;
-  /** Activations (tensor names) to leave float, with the ops that consume them. Default none. */
-  keepFloat?: readonly string[];
   /** Calibration images per onnxruntime run. Default 16. */
   batchSize?: number;
   log?: (message: string) => void;
@@ -402,8 +400,8 @@ function reluReachedThroughDataMovement(tensor: string, consumers: ReadonlyMap<s
  * onnxruntime folds the Relu into the int8 kernel.
  */
 /** FLOAT_OUTPUTS and every tensor that reaches one only through data movement (e.g. logits before an upsample). */
-function floatKeptTensors(nodes: readonly INode[], consumers: Map<string, INode[]>, extra: readonly string[]): Set<string> {
-  const kept = new Set<string>([...FLOAT_OUTPUTS, ...extra]);
+function floatKeptTensors(nodes: readonly INode[], consumers: Map<string, INode[]>): Set<string> {
+  const kept = new Set<string>(FLOAT_OUTPUTS);
   for (let changed = true; changed; ) {
     changed = false;
     for (const node of nodes) {
@@ -424,10 +422,9 @@ function tensorsToQuantize(
   graphInputs: readonly string[],
   graphOutputs: ReadonlySet<string>,
   initializers: ReadonlySet<string>,
-  keepFloat: readonly string[] = [],
 ): string[] {
   const consumers = consumersOf(nodes);
-  const keptFloat = floatKeptTensors(nodes, consumers, keepFloat);
+  const keptFloat = floatKeptTensors(nodes, consumers);
   const chosen: string[] = graphInputs.filter((name) => (consumers.get(name) ?? []).some((n) => QUANTIZED_OUTPUT_OPS.has(n.opType ?? '')));
   for (const node of nodes) {
     if (!QUANTIZED_OUTPUT_OPS.has(node.opType ?? '')) continue;
@@ -481,7 +478,7 @@ export async function quantizeInt8(fp32: Uint8Array, calibration: Float32Array[]
   const consumers = consumersOf(nodes);
 
   // --- choose and calibrate activations -------------------------------------
-  const chosen = tensorsToQuantize(nodes, graphInputs, graphOutputs, new Set(initializers.keys()), options.keepFloat);
+  const chosen = tensorsToQuantize(nodes, graphInputs, graphOutputs, new Set(initializers.keys()));
   // The image input is pixels / 255 by contract: scale 1/255 represents every 8-bit pixel exactly.
   const fixedUnitRange = (name: string) => graphInputs.includes(name) || UNIT_RANGE_OPS.has(producers.get(name)?.opType ?? '');
   const sharedWith = new Map<string, string>();

@@ -132,7 +132,7 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
   const comparatorEpochs = options.comparator ? (options.comparator.epochs ?? epochs) : 0;
   log(
     `training: ${training.length} images, ${heldOut.length} held out, ${epochs} epochs` +
-      `${comparatorEpochs ? ` + ${comparatorEpochs} comparator epochs` : ''}${anomalies ? `, synthetic defects on ${Math.round((options.anomalies!.share ?? 0.5) * 100)} %` : ''}, seed ${options.seed}`,
+      `${comparatorEpochs ? ` + ${comparatorEpochs} comparator epochs` : ''}${anomalies ? `, synthetic defects on ${Math.round(anomalies.share * 100)} %` : ''}, seed ${options.seed}`,
   );
   const { weights, finalLoss } = await trainVae(training, config, {
     epochs,
@@ -209,12 +209,12 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
       augmentShift: options.augmentShift ?? 0,
       comparatorEpochs,
       ssimWeight: options.ssimWeight ?? 0,
-      anomalies: options.anomalies
+      anomalies: anomalies
         ? {
-            share: options.anomalies.share ?? 0.5,
-            strength: options.anomalies.strength ?? [0.2, 1],
-            kinds: options.anomalies.kinds,
-            textures: options.anomalies.texturesDir ? path.basename(options.anomalies.texturesDir) : undefined,
+            share: anomalies.share,
+            strength: [anomalies.strength[0], anomalies.strength[1]],
+            kinds: [...anomalies.kinds],
+            textures: options.anomalies?.texturesDir ? path.basename(options.anomalies.texturesDir) : undefined,
           }
         : undefined,
     },

@@ -255,9 +255,10 @@ function displacedShift(width: number, height: number, random: Random): { dx: nu
 
 export class SyntheticAnomalies {
   private readonly normals: readonly ImageTensor[];
-  private readonly share: number;
-  private readonly strength: readonly [number, number];
-  private readonly kinds: readonly AnomalyKind[];
+  /** The settings in force, defaults filled in (for the bundle's record of how it was trained). */
+  readonly share: number;
+  readonly strength: readonly [number, number];
+  readonly kinds: readonly AnomalyKind[];
   private readonly textures: readonly ImageTensor[];
   /** The size every image must have: the normals', else the textures'; unknown (any size) without either. */
   private readonly shape: ImageShape | undefined;

@@ -434,17 +434,23 @@ export async function trainVae(
       };
     };
 
-    for (let epoch = 1; epoch <= options.epochs; epoch++) {
-      const began = performance.now();
+    /** One epoch's batches in a fresh random order, for either network. */
+    async function* epochBatches(): AsyncGenerator<ImageTensor[]> {
       const order = shuffled(indices, orderRandom);
-      let lossSum = 0;
-      let reconSum = 0;
-      let klSum = 0;
       for (let start = 0; start < order.length; start += batchSize) {
         // Let abort signals and other callbacks in: a training step blocks the thread.
         await yieldToEventLoop();
         if (options.signal?.aborted) throw abortError(options.signal);
-        const batch = order.slice(start, start + batchSize).map((i) => images[i]!);
+        yield order.slice(start, start + batchSize).map((i) => images[i]!);
+      }
+    }
+
+    for (let epoch = 1; epoch <= options.epochs; epoch++) {
+      const began = performance.now();
+      let lossSum = 0;
+      let reconSum = 0;
+      let klSum = 0;
+      for await (const batch of epochBatches()) {
         const prepared = prepare(batch);
         const eps = new Float32Array(batch.length * latentDim);
         for (let i = 0; i < eps.length; i++) eps[i] = noise();
@@ -491,12 +497,8 @@ export async function trainVae(
     // The comparator learns on the trained VAE's reconstructions (frozen: computed outside the gradient tape).
     for (let epoch = 1; epoch <= comparatorEpochs; epoch++) {
       const began = performance.now();
-      const order = shuffled(indices, orderRandom);
       let lossSum = 0;
-      for (let start = 0; start < order.length; start += batchSize) {
-        await yieldToEventLoop();
-        if (options.signal?.aborted) throw abortError(options.signal);
-        const batch = order.slice(start, start + batchSize).map((i) => images[i]!);
+      for await (const batch of epochBatches()) {
         const prepared = prepare(batch);
         const loss = tf.tidy(() => {
           const x = tf.tensor4d(prepared.input, [batch.length, height, width, channels]);
