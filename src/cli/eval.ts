@@ -1,8 +1,8 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { DEFAULT_EVAL_BATCH, evaluate, formatSummary, summarise } from '../eval/eval.js';
-import { writeReport } from '../eval/report.js';
+import { DEFAULT_EVAL_BATCH, evaluate, formatSummary, summarise } from '../toolkit/eval/eval.js';
+import { writeReport } from '../toolkit/eval/report.js';
 import { resolveImageList } from '../image/load.js';
 import { loadBundle } from '../model/bundle.js';
 import { readManifest, VARIANTS, type Variant } from '../model/manifest.js';

@@ -5,9 +5,9 @@ import { LinewatchError } from '../errors.js';
 import { INPUT_NORMALISATIONS, type InputNormalisation } from '../image/normalise.js';
 import { probeVideoSize } from '../source/decode.js';
 import { describeCalibration } from '../scoring/metrics.js';
-import { ANOMALY_KINDS, type AnomalyKind } from '../train/synthetic.js';
-import type { EpochInfo } from '../train/vae.js';
-import { DEFAULT_COMPARATOR_FILTERS } from '../train/vae-config.js';
+import { ANOMALY_KINDS, type AnomalyKind } from '../toolkit/train/synthetic.js';
+import type { EpochInfo } from '../toolkit/train/vae.js';
+import { DEFAULT_COMPARATOR_FILTERS } from '../toolkit/train/vae-config.js';
 import { parseChannels, parseInteger, parseIntegerList, parseNumber, parseRange, parseSize } from './options.js';
 
 interface TrainFlags {
@@ -110,7 +110,7 @@ export function registerTrain(program: Command): void {
       process.once('SIGTERM', onSignal);
       const progress = epochProgress();
       // Loaded here, not at start-up: TensorFlow.js costs ~60 MB that `linewatch run` should not carry.
-      const { trainBundle } = await import('../train/pipeline.js');
+      const { trainBundle } = await import('../toolkit/train/pipeline.js');
       try {
         const size = flags.size ?? (flags.video ? await aspectPreservingSize(flags.video, flags.ffmpeg) : { width: 64, height: 64 });
         const { manifest, dir } = await trainBundle({

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 
-export const REPO = fileURLToPath(new URL('../../', import.meta.url));
+export const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = path.join(REPO, 'bin', 'linewatch.js');
 
 /** `linewatch run` as a real child process, with its output kept for assertions and failure messages. */

@@ -1,5 +1,5 @@
 import { imageTensor, type ImageTensor } from '../../src/image/tensor.js';
-import { seededRandom } from '../../src/train/random.js';
+import { seededRandom } from '../../src/toolkit/train/random.js';
 
 /** A smooth textured image (like a tile surface) with a little pixel noise, deterministic. */
 export function texture(width: number, height: number, channels: 1 | 3 = 1, seed = 1): ImageTensor {

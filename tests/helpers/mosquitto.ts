@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
-import { freePort, waitForListener } from '../../src/bench/net.js';
+import { freePort, waitForListener } from '../../bench/net.js';
 
 export { freePort };
 

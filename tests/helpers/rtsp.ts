@@ -1,7 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { freePort } from '../../src/bench/net.js';
+import { freePort } from '../../bench/net.js';
 
 /** A free loopback TCP port. */
 export const freeTcpPort = freePort;

@@ -1,13 +1,13 @@
 import onnxProto from 'onnx-proto';
 import { MODEL_IO } from '../../src/model/manifest.js';
-import { weightShapes, type VaeConfig, type VaeWeights } from '../../src/train/vae-config.js';
-import { seededRandom as mulberry32 } from '../../src/train/random.js';
-import { floatValueInfo } from '../../src/model/export.js';
+import { weightShapes, type VaeConfig, type VaeWeights } from '../../src/toolkit/train/vae-config.js';
+import { seededRandom as mulberry32 } from '../../src/toolkit/train/random.js';
+import { floatValueInfo } from '../../src/toolkit/export.js';
 
 const { onnx } = onnxProto;
 
 /**
- * An independent build of the VAE graph that src/model/export.ts writes: the same
+ * An independent build of the VAE graph that src/toolkit/export.ts writes: the same
  * graph (stride-2 Conv+Relu encoder, Gemm to `mu`, Gemm+Reshape decoder with
  * nearest x2 Resize + Conv+Relu per level, last Conv+Sigmoid to `recon`) with
  * seeded random He-initialised weights.

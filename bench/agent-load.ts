@@ -1,0 +1,861 @@
+/**
+ * Load benchmark of the whole agent: `linewatch run` as a child process with N cameras
+ * (the demo video, looped at native speed), a real mosquitto, and an mqtt.js subscriber.
+ * Samples the agent's RSS and CPU, its ffmpeg children's CPU and the /metrics frame
+ * counters every second; measures how long each event `start` takes from the capture of
+ * the frame that triggered it to the subscriber; then stops the agent with SIGTERM and
+ * measures the same ffmpeg command lines alone, so decoding and scoring can be told apart.
+ *
+ *   node dist-bench/bench/agent-load.js [--cameras 4] [--fps 10] [--duration-s 600] [--baseline-s 20]
+ *     [--out docs/benchmarks/agent-load.json] [--model models/demo] [--video assets/demo/bottle-detection.mp4]
+ *     [--variant int8] [--cpu-prof <dir>]
+ *
+ * Writes the JSON to --out and a markdown summary next to it (same name, .md).
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import mqtt from 'mqtt';
+import { stringify as toYaml } from 'yaml';
+import { formatError, UsageError } from '../src/errors.js';
+import { LINEWATCH_VERSION } from '../src/version.js';
+import { freePort, waitForListener } from './net.js';
+
+// ---------------------------------------------------------------- settings
+
+interface BenchSettings {
+  cameras: number;
+  fps: number;
+  durationS: number;
+  baselineS: number;
+  warmUpS: number;
+  out: string;
+  model: string;
+  video: string;
+  variant: 'int8' | 'fp32';
+  cpuProfDir: string | undefined;
+}
+
+const DEVICE_ID = 'bench';
+/** RSS growth and CPU are judged after this, so model loading and first allocations do not count as a leak. */
+const WARM_UP_S = 30;
+const SAMPLE_INTERVAL_MS = 1000;
+const TARGETS = { droppedFrames: 0, rssMaxMb: 300, rssSlopeMaxMbPerMin: 1, latencyP99MaxMs: 50 } as const;
+
+function parseSettings(argv: string[]): BenchSettings {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      cameras: { type: 'string', default: '4' },
+      fps: { type: 'string', default: '10' },
+      'duration-s': { type: 'string', default: '600' },
+      'baseline-s': { type: 'string', default: '20' },
+      out: { type: 'string', default: 'docs/benchmarks/agent-load.json' },
+      model: { type: 'string', default: 'models/demo' },
+      video: { type: 'string', default: 'assets/demo/bottle-detection.mp4' },
+      variant: { type: 'string', default: 'int8' },
+      'cpu-prof': { type: 'string' },
+    },
+    strict: true,
+  });
+  const positive = (name: string, raw: string, integer: boolean): number => {
+    const value = Number(raw);
+    if (!Number.isFinite(value) || value <= 0 || (integer && !Number.isInteger(value))) {
+      throw new UsageError(`--${name} must be a positive ${integer ? 'integer' : 'number'}, got '${raw}'`, { hint: `e.g. --${name} ${integer ? 4 : 10}` });
+    }
+    return value;
+  };
+  const variant = values.variant;
+  if (variant !== 'int8' && variant !== 'fp32') throw new UsageError(`--variant must be int8 or fp32, got '${variant}'`);
+  const model = path.resolve(values.model!);
+  const video = path.resolve(values.video!);
+  if (!existsSync(path.join(model, 'manifest.json'))) {
+    throw new UsageError(`no model bundle at ${model} (manifest.json missing)`, { hint: 'pass --model <bundle folder>, e.g. models/demo' });
+  }
+  if (!existsSync(video)) throw new UsageError(`video ${video} not found`, { hint: 'pass --video <file>, e.g. assets/demo/bottle-detection.mp4' });
+  const durationS = positive('duration-s', values['duration-s']!, false);
+  return {
+    cameras: positive('cameras', values.cameras!, true),
+    fps: positive('fps', values.fps!, false),
+    durationS,
+    baselineS: positive('baseline-s', values['baseline-s']!, false),
+    // A short check run still gets a slope over its second half.
+    warmUpS: Math.min(WARM_UP_S, durationS / 2),
+    out: path.resolve(values.out!),
+    model,
+    video,
+    variant,
+    cpuProfDir: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
+  };
+}
+
+// ---------------------------------------------------------------- /proc
+
+const CLOCK_TICKS_PER_S = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+interface ProcStat {
+  pid: number;
+  comm: string;
+  ppid: number;
+  /** utime + stime of all threads, seconds. */
+  cpuS: number;
+}
+
+/** /proc/<pid>/stat, or undefined once the process is gone. The command name may hold spaces and parentheses. */
+function readProcStat(pid: number): ProcStat | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const close = text.lastIndexOf(')');
+  const comm = text.slice(text.indexOf('(') + 1, close);
+  // Fields after the command, counted from 3 (state): ppid is field 4, utime 14, stime 15.
+  const fields = text.slice(close + 2).split(' ');
+  return { pid, comm, ppid: Number(fields[1]), cpuS: (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_S };
+}
+
+function readRssBytes(pid: number): number | undefined {
+  try {
+    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match ? Number(match[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function childrenOf(ppid: number): ProcStat[] {
+  const children: ProcStat[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = readProcStat(Number(entry));
+    if (stat?.ppid === ppid) children.push(stat);
+  }
+  return children;
+}
+
+function readCmdline(pid: number): string[] | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whole-machine CPU time from /proc/stat, seconds summed over all cores. */
+function readMachineCpu(): { busyS: number; totalS: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
+  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = ticks.reduce((sum, value) => sum + value, 0);
+  const idle = ticks[3]! + ticks[4]!;
+  return { busyS: (total - idle) / CLOCK_TICKS_PER_S, totalS: total / CLOCK_TICKS_PER_S };
+}
+
+/**
+ * Sums the CPU time of a changing set of processes: a process that exits keeps the
+ * time last seen for it, so a restarted ffmpeg does not make the total fall.
+ */
+class CpuLedger {
+  private readonly lastSeen = new Map<number, number>();
+  observe(processes: readonly ProcStat[]): void {
+    for (const process of processes) this.lastSeen.set(process.pid, process.cpuS);
+  }
+  get totalS(): number {
+    let sum = 0;
+    for (const value of this.lastSeen.values()) sum += value;
+    return sum;
+  }
+  get pids(): number[] {
+    return [...this.lastSeen.keys()];
+  }
+}
+
+// ---------------------------------------------------------------- mosquitto
+
+
+
+async function startMosquitto(dir: string): Promise<{ child: ChildProcess; url: string }> {
+  const port = await freePort();
+  const configFile = path.join(dir, 'mosquitto.conf');
+  writeFileSync(
+    configFile,
+    // Started as root, mosquitto would switch to the `mosquitto` user, who cannot read this private folder.
+    [`user ${os.userInfo().username}`, `listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'log_dest stderr', 'log_type error', 'log_type warning'].join('\n') + '\n',
+  );
+  let child: ChildProcess;
+  try {
+    child = spawn('mosquitto', ['-c', configFile], { stdio: ['ignore', 'ignore', 'ignore'] });
+  } catch (error) {
+    throw new UsageError(`mosquitto could not be started: ${(error as Error).message}`, { hint: 'install it (apt-get install mosquitto)' });
+  }
+  const failed = new Promise<never>((_, reject) => {
+    child.once('error', (error) => reject(new UsageError(`mosquitto could not be started: ${error.message}`, { hint: 'install it (apt-get install mosquitto)' })));
+    child.once('exit', (code) => reject(new Error(`mosquitto exited (${code}) at start`)));
+  });
+  failed.catch(() => undefined);
+  await Promise.race([waitForListener(port, 5000, 'mosquitto'), failed]);
+  return { child, url: `mqtt://127.0.0.1:${port}` };
+}
+
+// ---------------------------------------------------------------- the agent
+
+interface AgentFrames {
+  in: number;
+  scored: number;
+  dropped: number;
+  restarts: number;
+}
+
+/** Per-camera counters from the Prometheus text of /metrics. */
+function parseFrameCounters(metricsText: string): Record<string, AgentFrames> {
+  const names: Record<string, keyof AgentFrames> = {
+    linewatch_frames_in_total: 'in',
+    linewatch_frames_scored_total: 'scored',
+    linewatch_frames_dropped_total: 'dropped',
+    linewatch_ffmpeg_restarts_total: 'restarts',
+  };
+  const cameras: Record<string, AgentFrames> = {};
+  for (const line of metricsText.split('\n')) {
+    const match = /^(linewatch_\w+)\{camera="([^"]+)"\}\s+(\S+)/.exec(line);
+    const field = match && names[match[1]!];
+    if (!match || !field) continue;
+    const camera = (cameras[match[2]!] ??= { in: 0, scored: 0, dropped: 0, restarts: 0 });
+    camera[field] = Number(match[3]);
+  }
+  return cameras;
+}
+
+/** The V8 heap and external (Buffer, native) memory from prom-client's process metrics: where RSS growth lives. */
+function parseHeap(metricsText: string): { heapUsedMb: number; externalMb: number } | undefined {
+  const value = (name: string) => Number(new RegExp(`^${name}\\s+(\\S+)`, 'm').exec(metricsText)?.[1] ?? NaN) / 2 ** 20;
+  const heap = { heapUsedMb: value('nodejs_heap_size_used_bytes'), externalMb: value('nodejs_external_memory_bytes') };
+  return Number.isFinite(heap.heapUsedMb) ? heap : undefined;
+}
+
+interface AgentMetricsSample {
+  frames: Record<string, AgentFrames>;
+  heap: { heapUsedMb: number; externalMb: number } | undefined;
+}
+
+async function fetchAgentMetrics(healthUrl: string): Promise<AgentMetricsSample | undefined> {
+  try {
+    const response = await fetch(`${healthUrl}/metrics`, { signal: AbortSignal.timeout(2000) });
+    if (!response.ok) return undefined;
+    const text = await response.text();
+    return { frames: parseFrameCounters(text), heap: parseHeap(text) };
+  } catch {
+    return undefined;
+  }
+}
+
+function cameraNames(count: number): string[] {
+  return Array.from({ length: count }, (_, i) => `cam-${i + 1}`);
+}
+
+function agentConfig(settings: BenchSettings, mqttUrl: string, healthPort: number, dataDir: string): object {
+  return {
+    deviceId: DEVICE_ID,
+    dataDir,
+    log: { level: 'info' },
+    mqtt: { url: mqttUrl },
+    health: { enabled: true, host: '127.0.0.1', port: healthPort },
+    defaults: {
+      model: settings.model,
+      variant: settings.variant,
+      fps: settings.fps,
+      loop: true,
+      realtime: true,
+      snapshots: { enabled: true },
+    },
+    cameras: cameraNames(settings.cameras).map((name) => ({ name, url: settings.video })),
+  };
+}
+
+// ---------------------------------------------------------------- MQTT subscriber
+
+interface EventRecord {
+  camera: string;
+  type: string;
+  reason: string | undefined;
+  receivedAt: number;
+  /** Receive time minus the capture time of the frame that triggered the message, ms. */
+  latencyMs: number;
+}
+
+interface Subscription {
+  events: EventRecord[];
+  messagesByKind: Record<string, number>;
+  close(): Promise<void>;
+}
+
+async function subscribe(url: string): Promise<Subscription> {
+  const client = await mqtt.connectAsync(url, { reconnectPeriod: 500, connectTimeout: 5000 });
+  const events: EventRecord[] = [];
+  const messagesByKind: Record<string, number> = {};
+  client.on('message', (topic, payload) => {
+    const receivedAt = Date.now();
+    const kind = topic.split('/').slice(2).join('/').replace(/^cam-\d+\//, '<camera>/');
+    messagesByKind[kind] = (messagesByKind[kind] ?? 0) + 1;
+    if (!topic.endsWith('/events')) return;
+    const event = JSON.parse(payload.toString('utf8')) as { type: string; camera: string; at: string; reason?: string };
+    events.push({ camera: event.camera, type: event.type, reason: event.reason, receivedAt, latencyMs: receivedAt - Date.parse(event.at) });
+  });
+  await client.subscribeAsync(`linewatch/${DEVICE_ID}/#`, { qos: 1 });
+  return { events, messagesByKind, close: () => client.endAsync(true) };
+}
+
+// ---------------------------------------------------------------- sampling
+
+interface Sample {
+  /** Seconds since the agent started streaming on every camera. */
+  t: number;
+  rssMb: number | undefined;
+  agentCpuS: number;
+  ffmpegCpuS: number;
+  ffmpegProcesses: number;
+  mosquittoCpuS: number;
+  benchCpuS: number;
+  machineBusyS: number;
+  machineTotalS: number;
+  frames: Record<string, AgentFrames> | undefined;
+  heapUsedMb: number | undefined;
+  externalMb: number | undefined;
+}
+
+function benchCpuS(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1e6;
+}
+
+// ---------------------------------------------------------------- statistics
+
+/** Nearest-rank percentile of sorted values. */
+function percentile(sorted: readonly number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  const rank = Math.ceil((p / 100) * sorted.length);
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!;
+}
+
+/** Least-squares slope of y over x. */
+function slope(points: readonly { x: number; y: number }[]): number | null {
+  if (points.length < 2) return null;
+  const meanX = points.reduce((sum, p) => sum + p.x, 0) / points.length;
+  const meanY = points.reduce((sum, p) => sum + p.y, 0) / points.length;
+  let covariance = 0;
+  let variance = 0;
+  for (const p of points) {
+    covariance += (p.x - meanX) * (p.y - meanY);
+    variance += (p.x - meanX) ** 2;
+  }
+  return variance === 0 ? null : covariance / variance;
+}
+
+const round = (value: number | null | undefined, digits = 1): number | null =>
+  value === null || value === undefined || !Number.isFinite(value) ? null : Math.round(value * 10 ** digits) / 10 ** digits;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// ---------------------------------------------------------------- baseline
+
+interface Baseline {
+  seconds: number;
+  processes: number;
+  cpuPercentOfOneCore: number | null;
+  cpuPercentOfMachine: number | null;
+  commandLine: string | null;
+}
+
+/**
+ * The agent's own ffmpeg command lines, run without the agent: their outputs (raw frames
+ * on stdout, preview JPEGs on fd 3) go to /dev/null. What this costs is decoding,
+ * filtering and preview encoding; the rest of the agent's CPU is scoring and publishing.
+ */
+async function measureDecodingAlone(commands: readonly string[][], seconds: number): Promise<Baseline> {
+  const devNull = openSync('/dev/null', 'w');
+  const children = commands.map(([binary, ...args]) => spawn(binary!, args, { stdio: ['ignore', devNull, devNull, devNull] }));
+  const pids = children.map((child) => child.pid).filter((pid): pid is number => pid !== undefined);
+  const ledger = new CpuLedger();
+  const read = () => ledger.observe(pids.map(readProcStat).filter((stat): stat is ProcStat => stat !== undefined));
+  // Skip start-up (probing the file, first decode) like the agent run skips its warm-up.
+  const settleMs = Math.min(2000, (seconds * 1000) / 4);
+  await sleep(settleMs);
+  read();
+  const startCpu = ledger.totalS;
+  const startedAt = performance.now();
+  await sleep(seconds * 1000 - settleMs);
+  read();
+  const wallS = (performance.now() - startedAt) / 1000;
+  const cpuS = ledger.totalS - startCpu;
+  const exits = children.map((child) => new Promise<void>((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', () => resolve()))));
+  for (const child of children) child.kill('SIGTERM');
+  await Promise.all(exits);
+  closeSync(devNull);
+  return {
+    seconds: round(wallS)!,
+    processes: pids.length,
+    cpuPercentOfOneCore: round((100 * cpuS) / wallS),
+    cpuPercentOfMachine: round((100 * cpuS) / wallS / os.availableParallelism()),
+    commandLine: commands[0] ? commands[0].map((arg) => (/[\s'"[\];,]/.test(arg) ? `'${arg}'` : arg)).join(' ') : null,
+  };
+}
+
+// ---------------------------------------------------------------- machine facts
+
+function machineFacts() {
+  const cpuinfo = readFileSync('/proc/cpuinfo', 'utf8');
+  const ffmpegVersion = (() => {
+    try {
+      return execFileSync('ffmpeg', ['-version'], { encoding: 'utf8' }).split('\n')[0]!.replace(/ Copyright.*/, '');
+    } catch {
+      return 'unknown';
+    }
+  })();
+  const mosquittoVersion = (() => {
+    try {
+      return execFileSync('mosquitto', ['-h'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\n')[0]!;
+    } catch (error) {
+      // `mosquitto -h` exits 3 after printing its usage.
+      return String((error as { stdout?: string }).stdout ?? '').split('\n')[0] || 'unknown';
+    }
+  })();
+  return {
+    nproc: os.availableParallelism(),
+    cpuModel: /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1] ?? 'unknown',
+    cpuFlags: ['avx2', 'avx512f', 'avx512_vnni', 'avx_vnni'].filter((flag) => new RegExp(`\\b${flag}\\b`).test(cpuinfo)),
+    memoryGb: round(os.totalmem() / 2 ** 30),
+    kernel: os.release(),
+    node: process.version,
+    ffmpeg: ffmpegVersion,
+    mosquitto: mosquittoVersion,
+    linewatch: LINEWATCH_VERSION,
+  };
+}
+
+function modelFacts(bundleDir: string) {
+  const manifest = JSON.parse(readFileSync(path.join(bundleDir, 'manifest.json'), 'utf8')) as {
+    createdAt?: string;
+    input: { width: number; height: number; channels: number };
+    architecture?: { name?: string };
+    scoring?: { scorer?: string; errorMap?: string };
+  };
+  return {
+    dir: path.relative(process.cwd(), bundleDir) || bundleDir,
+    createdAt: manifest.createdAt ?? null,
+    input: `${manifest.input.width}x${manifest.input.height}x${manifest.input.channels}`,
+    architecture: manifest.architecture?.name ?? null,
+    scorer: manifest.scoring ? `${manifest.scoring.scorer ?? '?'} (${manifest.scoring.errorMap ?? '?'})` : null,
+  };
+}
+
+// ---------------------------------------------------------------- the run
+
+async function run(settings: BenchSettings) {
+  const workDir = mkdtempSync(path.join(os.tmpdir(), 'linewatch-agent-load-'));
+  const cleanups: (() => Promise<void> | void)[] = [() => rmSync(workDir, { recursive: true, force: true })];
+  const machine = machineFacts();
+  const model = modelFacts(settings.model);
+  try {
+    const broker = await startMosquitto(workDir);
+    cleanups.unshift(() => {
+      broker.child.kill('SIGTERM');
+    });
+    const healthPort = await freePort();
+    const healthUrl = `http://127.0.0.1:${healthPort}`;
+    const configFile = path.join(workDir, 'linewatch.yaml');
+    writeFileSync(configFile, toYaml(agentConfig(settings, broker.url, healthPort, path.join(workDir, 'data'))));
+    const subscription = await subscribe(broker.url);
+    cleanups.unshift(() => subscription.close());
+
+    const logFile = path.join(workDir, 'agent.log');
+    const logFd = openSync(logFile, 'w');
+    const nodeFlags = settings.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', settings.cpuProfDir] : [];
+    if (settings.cpuProfDir) await mkdir(settings.cpuProfDir, { recursive: true });
+    const launcher = path.resolve('bin/linewatch.js');
+    const launchedAt = Date.now();
+    const agent = spawn(process.execPath, [...nodeFlags, launcher, 'run', '--config', configFile], { stdio: ['ignore', logFd, logFd] });
+    closeSync(logFd);
+    const agentExit = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
+      agent.once('exit', (code, signal) => resolve({ code, signal, at: Date.now() })),
+    );
+    let agentGone = false;
+    void agentExit.then(() => (agentGone = true));
+    cleanups.unshift(async () => {
+      if (!agentGone) {
+        agent.kill('SIGKILL');
+        await agentExit;
+      }
+    });
+    const agentLogTail = () => readFileSync(logFile, 'utf8').split('\n').slice(-30).join('\n');
+    const pid = agent.pid!;
+    const names = cameraNames(settings.cameras);
+
+    // Streaming on every camera: each has delivered a frame and been scored at least once.
+    const startDeadline = Date.now() + 90_000;
+    for (;;) {
+      if (agentGone) throw new Error(`the agent exited during start-up:\n${agentLogTail()}`);
+      const frames = (await fetchAgentMetrics(healthUrl))?.frames;
+      if (frames && names.every((name) => (frames[name]?.scored ?? 0) > 0)) break;
+      if (Date.now() > startDeadline) throw new Error(`not every camera was scoring 90 s after start:\n${agentLogTail()}`);
+      await sleep(200);
+    }
+    const startUpS = (Date.now() - launchedAt) / 1000;
+    console.log(`agent (pid ${pid}) streaming on ${names.length} camera(s) after ${startUpS.toFixed(1)} s; measuring for ${settings.durationS} s`);
+
+    const ffmpegLedger = new CpuLedger();
+    const samples: Sample[] = [];
+    let ffmpegCommands: string[][] = [];
+    const origin = performance.now();
+    const takeSample = async (): Promise<Sample> => {
+      const ffmpegs = childrenOf(pid).filter((child) => child.comm === 'ffmpeg');
+      ffmpegLedger.observe(ffmpegs);
+      if (ffmpegCommands.length < settings.cameras && ffmpegs.length >= settings.cameras) {
+        ffmpegCommands = ffmpegs.map((child) => readCmdline(child.pid)).filter((cmd): cmd is string[] => cmd !== undefined);
+      }
+      const machineCpu = readMachineCpu();
+      const metrics = await fetchAgentMetrics(healthUrl);
+      const sample: Sample = {
+        t: (performance.now() - origin) / 1000,
+        rssMb: (readRssBytes(pid) ?? NaN) / 2 ** 20,
+        agentCpuS: readProcStat(pid)?.cpuS ?? NaN,
+        ffmpegCpuS: ffmpegLedger.totalS,
+        ffmpegProcesses: ffmpegs.length,
+        mosquittoCpuS: readProcStat(broker.child.pid!)?.cpuS ?? NaN,
+        benchCpuS: benchCpuS(),
+        machineBusyS: machineCpu.busyS,
+        machineTotalS: machineCpu.totalS,
+        frames: metrics?.frames,
+        heapUsedMb: metrics?.heap?.heapUsedMb,
+        externalMb: metrics?.heap?.externalMb,
+      };
+      samples.push(sample);
+      return sample;
+    };
+    let nextReport = 60;
+    for (let tick = 0; ; tick++) {
+      if (agentGone) throw new Error(`the agent exited during the run:\n${agentLogTail()}`);
+      const sample = await takeSample();
+      if (sample.t >= nextReport) {
+        nextReport += 60;
+        const dropped = Object.values(sample.frames ?? {}).reduce((sum, camera) => sum + camera.dropped, 0);
+        console.log(`  ${sample.t.toFixed(0)} s: RSS ${sample.rssMb?.toFixed(0)} MB, ${subscription.events.filter((e) => e.type === 'start').length} event starts, ${dropped} frames dropped`);
+      }
+      if (sample.t >= settings.durationS) break;
+      await sleep(Math.max(0, origin + (tick + 1) * SAMPLE_INTERVAL_MS - performance.now()));
+    }
+    const last = samples.at(-1)!;
+
+    // Stop: SIGTERM must end open events (reason shutdown), publish offline and exit 0.
+    const eventsBeforeStop = subscription.events.length;
+    const stopSentAt = Date.now();
+    agent.kill('SIGTERM');
+    const exit = await Promise.race([agentExit, sleep(20_000).then(() => undefined)]);
+    await sleep(500);
+    const orphans = ffmpegLedger.pids.filter((ffmpegPid) => readProcStat(ffmpegPid)?.comm === 'ffmpeg');
+    const shutdown = {
+      exitCode: exit?.code ?? null,
+      signal: exit?.signal ?? null,
+      exitedWithinS: exit ? round((exit.at - stopSentAt) / 1000, 2) : null,
+      eventEndsOnShutdown: subscription.events.slice(eventsBeforeStop).filter((e) => e.type === 'end' && e.reason === 'shutdown').length,
+      ffmpegLeftRunning: orphans.length,
+      logTail: exit?.code === 0 ? undefined : agentLogTail(),
+    };
+    const agentLog = readFileSync(logFile, 'utf8');
+    const warnings = agentLog.split('\n').filter((line) => /^\S+ (warn|error)\b/.test(line));
+    console.log(`agent stopped: exit ${shutdown.exitCode ?? shutdown.signal ?? 'none (timed out)'} in ${shutdown.exitedWithinS ?? '>20'} s`);
+
+    console.log(`baseline: the same ${ffmpegCommands.length} ffmpeg command line(s) without the agent for ${settings.baselineS} s`);
+    const baseline = await measureDecodingAlone(ffmpegCommands, settings.baselineS);
+
+    return summarise({ settings, machine, model, samples, last, events: subscription.events, messagesByKind: subscription.messagesByKind, startUpS, shutdown, baseline, warnings });
+  } finally {
+    for (const cleanup of cleanups) {
+      try {
+        await cleanup();
+      } catch {
+        // Best effort: the run's result matters more than a temp folder.
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- report
+
+interface SummaryInput {
+  settings: BenchSettings;
+  machine: ReturnType<typeof machineFacts>;
+  model: ReturnType<typeof modelFacts>;
+  samples: Sample[];
+  last: Sample;
+  events: EventRecord[];
+  messagesByKind: Record<string, number>;
+  startUpS: number;
+  shutdown: { exitCode: number | null; signal: string | null; exitedWithinS: number | null; eventEndsOnShutdown: number; ffmpegLeftRunning: number; logTail?: string };
+  baseline: Baseline;
+  warnings: string[];
+}
+
+function summarise(input: SummaryInput) {
+  const { settings, samples, last, events } = input;
+  const first = samples[0]!;
+  const warm = samples.find((sample) => sample.t >= settings.warmUpS) ?? first;
+  const cores = input.machine.nproc;
+  const span = last.t - warm.t;
+  const percentOfCore = (delta: number) => round((100 * delta) / span);
+  const agentCpu = last.agentCpuS - warm.agentCpuS;
+  const ffmpegCpu = last.ffmpegCpuS - warm.ffmpegCpuS;
+  const mosquittoCpu = last.mosquittoCpuS - warm.mosquittoCpuS;
+  const benchCpu = last.benchCpuS - warm.benchCpuS;
+  const machineBusy = last.machineBusyS - warm.machineBusyS;
+  const machineCapacity = last.machineTotalS - warm.machineTotalS;
+
+  const rss = samples.map((sample) => sample.rssMb).filter((value): value is number => value !== undefined && Number.isFinite(value));
+  // Per minute, over the samples from `fromS` on: after the warm-up (the target), and over the second half (a settling
+  // heap shows a slope early that is gone late; a leak keeps it).
+  const slopeOf = (pick: (sample: Sample) => number | undefined, fromS: number) =>
+    slope(samples.flatMap((s) => (s.t >= fromS && Number.isFinite(pick(s)) ? [{ x: s.t / 60, y: pick(s)! }] : [])));
+  const rssSlope = slopeOf((s) => s.rssMb, settings.warmUpS);
+  const secondHalfS = last.t / 2;
+
+  const starts = events.filter((event) => event.type === 'start');
+  const latencies = starts.map((event) => event.latencyMs).sort((a, b) => a - b);
+  const frames = Object.fromEntries(
+    Object.entries(last.frames ?? {}).map(([camera, counters]) => {
+      const atWarm = warm.frames?.[camera];
+      return [camera, { ...counters, scoredPerSecondAfterWarmUp: atWarm ? round((counters.scored - atWarm.scored) / span, 2) : null }];
+    }),
+  );
+  const totalDropped = Object.values(frames).reduce((sum, camera) => sum + camera.dropped, 0);
+  const eventCounts: Record<string, Record<string, number>> = {};
+  for (const event of events) {
+    const perCamera = (eventCounts[event.camera] ??= {});
+    const key = event.type === 'end' ? `end:${event.reason ?? '?'}` : event.type;
+    perCamera[key] = (perCamera[key] ?? 0) + 1;
+  }
+
+  const summary = {
+    benchmark: 'agent-load',
+    measuredAt: new Date().toISOString(),
+    machine: input.machine,
+    model: input.model,
+    setup: {
+      cameras: settings.cameras,
+      fps: settings.fps,
+      video: path.relative(process.cwd(), settings.video) || settings.video,
+      variant: settings.variant,
+      loop: true,
+      realtime: true,
+      snapshots: true,
+      durationS: round(last.t),
+      warmUpS: settings.warmUpS,
+      startUpS: round(input.startUpS),
+      cpuProfile: settings.cpuProfDir ?? null,
+    },
+    frames,
+    cpu: {
+      windowS: round(span),
+      percentOfOneCore: {
+        agent: percentOfCore(agentCpu),
+        ffmpeg: percentOfCore(ffmpegCpu),
+        mosquitto: percentOfCore(mosquittoCpu),
+        benchmarkProcess: percentOfCore(benchCpu),
+      },
+      percentOfMachine: {
+        agent: round((100 * agentCpu) / span / cores),
+        ffmpeg: round((100 * ffmpegCpu) / span / cores),
+        // Everything else on the machine (other processes): a busy neighbour slows the agent too.
+        machineBusy: round((100 * machineBusy) / machineCapacity),
+        otherProcesses: round((100 * (machineBusy - agentCpu - ffmpegCpu - mosquittoCpu - benchCpu)) / machineCapacity),
+      },
+      agentMsPerScoredFrame: (() => {
+        const scored = Object.values(frames).reduce((sum, camera) => sum + (camera.scoredPerSecondAfterWarmUp ?? 0), 0) * span;
+        return scored > 0 ? round((1000 * agentCpu) / scored, 2) : null;
+      })(),
+      ffmpegProcesses: last.ffmpegProcesses,
+    },
+    decodingAlone: input.baseline,
+    memory: {
+      rssStartMb: round(first.rssMb),
+      rssAfterWarmUpMb: round(warm.rssMb),
+      rssPeakMb: round(Math.max(...rss)),
+      rssEndMb: round(last.rssMb),
+      rssSlopeMbPerMinute: round(rssSlope, 2),
+      rssSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.rssMb, secondHalfS), 2),
+      heapUsedSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.heapUsedMb, secondHalfS), 2),
+      externalSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.externalMb, secondHalfS), 2),
+      heapUsedEndMb: round(last.heapUsedMb),
+      externalEndMb: round(last.externalMb),
+      /** The first sample of each minute, so flatness can be seen without the JSON. */
+      rssByMinuteMb: samples.filter((s, i) => i === 0 || Math.floor(s.t / 60) > Math.floor(samples[i - 1]!.t / 60)).map((s) => round(s.rssMb)),
+    },
+    latencyMs: {
+      what: 'event start: subscriber receive time minus event.at (capture time of the frame that satisfied the debounce rule)',
+      count: latencies.length,
+      p50: percentile(latencies, 50),
+      p95: percentile(latencies, 95),
+      p99: percentile(latencies, 99),
+      max: latencies.at(-1) ?? null,
+    },
+    events: Object.fromEntries(Object.entries(eventCounts).sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true }))),
+    messages: input.messagesByKind,
+    shutdown: input.shutdown,
+    agentWarnings: { count: input.warnings.length, first: input.warnings.slice(0, 10) },
+    targets: [] as { target: string; measured: string; met: boolean }[],
+    samples: samples.map((s) => ({
+      t: round(s.t, 2),
+      rssMb: round(s.rssMb),
+      heapUsedMb: round(s.heapUsedMb),
+      externalMb: round(s.externalMb),
+      agentCpuS: round(s.agentCpuS, 2),
+      ffmpegCpuS: round(s.ffmpegCpuS, 2),
+      machineBusyS: round(s.machineBusyS - first.machineBusyS, 2),
+      scored: s.frames ? Object.values(s.frames).reduce((sum, camera) => sum + camera.scored, 0) : null,
+      dropped: s.frames ? Object.values(s.frames).reduce((sum, camera) => sum + camera.dropped, 0) : null,
+    })),
+  };
+  const memory = summary.memory;
+  summary.targets = [
+    { target: 'no dropped frames', measured: `${totalDropped} dropped`, met: totalDropped === TARGETS.droppedFrames },
+    { target: `RSS <= ${TARGETS.rssMaxMb} MB`, measured: `peak ${memory.rssPeakMb} MB`, met: (memory.rssPeakMb ?? Infinity) <= TARGETS.rssMaxMb },
+    {
+      target: `RSS flat (slope within ±${TARGETS.rssSlopeMaxMbPerMin} MB/min after warm-up)`,
+      measured: `${memory.rssSlopeMbPerMinute} MB/min`,
+      met: Math.abs(memory.rssSlopeMbPerMinute ?? Infinity) <= TARGETS.rssSlopeMaxMbPerMin,
+    },
+    {
+      target: `event start latency p99 <= ${TARGETS.latencyP99MaxMs} ms`,
+      measured: `p99 ${summary.latencyMs.p99 ?? '-'} ms over ${latencies.length} starts`,
+      met: latencies.length > 0 && summary.latencyMs.p99! <= TARGETS.latencyP99MaxMs,
+    },
+    { target: 'SIGTERM: exit 0', measured: `exit ${input.shutdown.exitCode ?? input.shutdown.signal ?? 'timeout'}`, met: input.shutdown.exitCode === 0 },
+  ];
+  return summary;
+}
+
+type Summary = ReturnType<typeof summarise>;
+
+function printSummary(summary: Summary): void {
+  const { cpu, memory, latencyMs, decodingAlone } = summary;
+  console.log(`\nframes per camera (${summary.setup.durationS} s at ${summary.setup.fps} fps):`);
+  console.table(summary.frames);
+  console.log(`CPU over ${cpu.windowS} s after a ${summary.setup.warmUpS} s warm-up (% of one core / % of ${summary.machine.nproc} cores):`);
+  console.table({
+    agent: { 'one core': cpu.percentOfOneCore.agent, machine: cpu.percentOfMachine.agent },
+    'ffmpeg children': { 'one core': cpu.percentOfOneCore.ffmpeg, machine: cpu.percentOfMachine.ffmpeg },
+    'ffmpeg alone (baseline)': { 'one core': decodingAlone.cpuPercentOfOneCore, machine: decodingAlone.cpuPercentOfMachine },
+    mosquitto: { 'one core': cpu.percentOfOneCore.mosquitto, machine: null },
+    'other processes': { 'one core': null, machine: cpu.percentOfMachine.otherProcesses },
+  });
+  console.log(`agent CPU per scored frame: ${cpu.agentMsPerScoredFrame} ms`);
+  console.log(`RSS: start ${memory.rssStartMb} MB, after warm-up ${memory.rssAfterWarmUpMb} MB, peak ${memory.rssPeakMb} MB, end ${memory.rssEndMb} MB, slope ${memory.rssSlopeMbPerMinute} MB/min`);
+  console.log(`second half: RSS ${memory.rssSlopeSecondHalfMbPerMinute} MB/min, V8 heap used ${memory.heapUsedSlopeSecondHalfMbPerMinute} MB/min, external ${memory.externalSlopeSecondHalfMbPerMinute} MB/min`);
+  console.log(`event start latency (${latencyMs.count}): p50 ${latencyMs.p50} ms, p95 ${latencyMs.p95} ms, p99 ${latencyMs.p99} ms, max ${latencyMs.max} ms`);
+  console.log('events:');
+  console.table(summary.events);
+  console.log('targets:');
+  console.table(summary.targets);
+}
+
+function markdownTable(header: string[], rows: (string | number | null | undefined)[][]): string {
+  const cell = (value: string | number | null | undefined) => (value === null || value === undefined ? '–' : String(value));
+  return [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((row) => `| ${row.map(cell).join(' | ')} |`)].join('\n');
+}
+
+function markdownSummary(summary: Summary, jsonName: string): string {
+  const { machine, model, setup, cpu, memory, latencyMs, decodingAlone, shutdown } = summary;
+  const eventKinds = [...new Set(Object.values(summary.events).flatMap((counts) => Object.keys(counts)))].sort();
+  return [
+    '# Agent load benchmark',
+    '',
+    `Measured ${summary.measuredAt} with \`node dist-bench/bench/agent-load.js --cameras ${setup.cameras} --fps ${setup.fps} --duration-s ${setup.durationS}\`` +
+      ` (all figures and the per-second samples: [${jsonName}](${jsonName})).`,
+    '',
+    '## Setup',
+    '',
+    `- Machine: ${machine.nproc} cores, ${machine.cpuModel} (${machine.cpuFlags.join(', ') || 'no AVX2'}), ${machine.memoryGb} GiB, Linux ${machine.kernel}; Node ${machine.node}; ${machine.ffmpeg}; ${machine.mosquitto}.`,
+    `- Agent: linewatch ${machine.linewatch}, \`linewatch run\` as a child process; ${setup.cameras} cameras, each ${setup.video} (640x360, 29.8 fps) as a file source with loop and realtime (native speed), analysed at ${setup.fps} fps, snapshots on, health on.`,
+    `- Model: ${model.dir} (${setup.variant}, input ${model.input}, ${model.architecture}, scorer ${model.scorer}, created ${model.createdAt}).`,
+    `- Broker: mosquitto on loopback; subscriber: mqtt.js on \`linewatch/bench/#\` (QoS 1) in the benchmark process.`,
+    `- Start-up to every camera scoring: ${setup.startUpS} s. CPU and RSS slope are taken after a ${setup.warmUpS} s warm-up.`,
+    '',
+    '## Targets',
+    '',
+    markdownTable(['target', 'measured', 'met'], summary.targets.map((t) => [t.target, t.measured, t.met ? 'yes' : '**no**'])),
+    '',
+    '## Frames',
+    '',
+    markdownTable(
+      ['camera', 'in', 'scored', 'dropped', 'ffmpeg restarts', 'scored/s after warm-up'],
+      Object.entries(summary.frames).map(([camera, f]) => [camera, f.in, f.scored, f.dropped, f.restarts, f.scoredPerSecondAfterWarmUp]),
+    ),
+    '',
+    `## CPU (${cpu.windowS} s window)`,
+    '',
+    markdownTable(
+      ['process', '% of one core', `% of the machine (${machine.nproc} cores)`],
+      [
+        ['agent (node: scoring, MQTT, health)', cpu.percentOfOneCore.agent, cpu.percentOfMachine.agent],
+        [`its ${cpu.ffmpegProcesses} ffmpeg children (decode, filter, preview JPEG)`, cpu.percentOfOneCore.ffmpeg, cpu.percentOfMachine.ffmpeg],
+        [`baseline: the same ${decodingAlone.processes} ffmpeg command lines alone, ${decodingAlone.seconds} s`, decodingAlone.cpuPercentOfOneCore, decodingAlone.cpuPercentOfMachine],
+        ['mosquitto', cpu.percentOfOneCore.mosquitto, null],
+        ['this benchmark (subscriber, sampling)', cpu.percentOfOneCore.benchmarkProcess, null],
+        ['other processes on the machine', null, cpu.percentOfMachine.otherProcesses],
+        ['machine busy in total', null, cpu.percentOfMachine.machineBusy],
+      ],
+    ),
+    '',
+    `Agent CPU per scored frame: ${cpu.agentMsPerScoredFrame} ms.`,
+    '',
+    `Baseline command line (camera 1): \`${decodingAlone.commandLine ?? '–'}\``,
+    '',
+    '## Memory (agent RSS)',
+    '',
+    markdownTable(
+      ['start', 'after warm-up', 'peak', 'end', 'slope after warm-up'],
+      [[`${memory.rssStartMb} MB`, `${memory.rssAfterWarmUpMb} MB`, `${memory.rssPeakMb} MB`, `${memory.rssEndMb} MB`, `${memory.rssSlopeMbPerMinute} MB/min`]],
+    ),
+    '',
+    `RSS at each minute: ${memory.rssByMinuteMb.map((mb) => `${mb}`).join(', ')} MB.`,
+    '',
+    `Second half of the run (from ${round(summary.setup.durationS! / 2, 0)} s): RSS slope ${memory.rssSlopeSecondHalfMbPerMinute} MB/min, V8 heap used ${memory.heapUsedSlopeSecondHalfMbPerMinute} MB/min` +
+      ` (${memory.heapUsedEndMb} MB at the end), external memory ${memory.externalSlopeSecondHalfMbPerMinute} MB/min (${memory.externalEndMb} MB at the end).`,
+    '',
+    '## Event latency',
+    '',
+    `${latencyMs.what}.`,
+    '',
+    markdownTable(['starts', 'p50', 'p95', 'p99', 'max'], [[latencyMs.count, `${latencyMs.p50} ms`, `${latencyMs.p95} ms`, `${latencyMs.p99} ms`, `${latencyMs.max} ms`]]),
+    '',
+    '## Events',
+    '',
+    markdownTable(['camera', ...eventKinds], Object.entries(summary.events).map(([camera, counts]) => [camera, ...eventKinds.map((kind) => counts[kind] ?? 0)])),
+    '',
+    `MQTT messages received: ${Object.entries(summary.messages).map(([kind, count]) => `${kind} ${count}`).join(', ')}.`,
+    '',
+    '## Shutdown',
+    '',
+    `SIGTERM: exit ${shutdown.exitCode ?? shutdown.signal ?? 'none'} after ${shutdown.exitedWithinS} s; ${shutdown.eventEndsOnShutdown} open event(s) ended with reason \`shutdown\`; ${shutdown.ffmpegLeftRunning} ffmpeg process(es) left running. Agent warnings/errors in its log: ${summary.agentWarnings.count}.`,
+    '',
+  ].join('\n');
+}
+
+async function main(): Promise<void> {
+  const settings = parseSettings(process.argv.slice(2));
+  const summary = await run(settings);
+  printSummary(summary);
+  await mkdir(path.dirname(settings.out), { recursive: true });
+  await writeFile(settings.out, `${JSON.stringify(summary, null, 2)}\n`);
+  const markdownFile = settings.out.replace(/\.json$/i, '') + '.md';
+  await writeFile(markdownFile, markdownSummary(summary, path.basename(settings.out)));
+  console.log(`\nwrote ${path.relative(process.cwd(), settings.out)} and ${path.relative(process.cwd(), markdownFile)}`);
+}
+
+main().catch((error: unknown) => {
+  console.error(`agent-load: ${formatError(error)}`);
+  process.exit(error instanceof UsageError ? 2 : 1);
+});

@@ -1,0 +1,452 @@
+import { randomUUID } from 'node:crypto';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import type { MqttClient } from 'mqtt';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { UsageError } from '../../src/errors.js';
+import { MqttPublisher, type MqttPublisherOptions, type PublisherLogger } from '../../src/publish/mqtt.js';
+import type { AnomalyEventPayload, AnomalyEventType, CameraStatusPayload } from '../../src/publish/payloads.js';
+import {
+  createTestCertificates,
+  freePort,
+  isMosquittoInstalled,
+  recordMqtt,
+  startMosquitto,
+  type MosquittoBroker,
+  type MqttRecorder,
+  type ReceivedMessage,
+} from '../helpers/mosquitto.js';
+
+// Strict, except that `required` in the event's if/then names properties declared one level up.
+const ajv = new Ajv2020({ strict: true, strictRequired: false, allErrors: true });
+const loadSchema = (name: string) =>
+  ajv.compile(JSON.parse(readFileSync(new URL(`../../schemas/${name}.schema.json`, import.meta.url), 'utf8')));
+const validateEvent = loadSchema('event');
+const validateCameraStatus = loadSchema('camera-status');
+const validateScore = loadSchema('score');
+const validateStats = loadSchema('stats');
+
+function expectValid(validate: ReturnType<typeof loadSchema>, payload: unknown): void {
+  const valid = validate(payload);
+  expect(validate.errors ?? [], JSON.stringify(payload)).toEqual([]);
+  expect(valid).toBe(true);
+}
+
+function makeEvent(type: AnomalyEventType, overrides: Partial<AnomalyEventPayload> = {}): AnomalyEventPayload {
+  const now = new Date().toISOString();
+  return {
+    type,
+    id: randomUUID(),
+    camera: 'line1',
+    at: now,
+    startedAt: now,
+    score: 0.31,
+    peakScore: 0.42,
+    meanScore: 0.3,
+    threshold: 0.2,
+    frames: 4,
+    durationMs: 400,
+    peakAt: now,
+    box: { x: 10, y: 20, width: 64, height: 48 },
+    snapshot: null,
+    ...(type === 'end' ? { endedAt: now, reason: 'recovered' as const } : {}),
+    ...overrides,
+  };
+}
+
+function makeStatus(state: CameraStatusPayload['state'] = 'streaming'): CameraStatusPayload {
+  const now = new Date().toISOString();
+  return { state, reason: null, since: now, fps: 10, restarts: 0, framesDropped: 2, lastFrameAt: now };
+}
+
+const logs: string[] = [];
+const logger: PublisherLogger = { info: (line) => logs.push(line), warn: (line) => logs.push(line) };
+
+const openPublishers = new Set<MqttPublisher>();
+const tempDirs: string[] = [];
+function newDataDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'linewatch-publish-'));
+  tempDirs.push(dir);
+  return dir;
+}
+function newPublisher(options: Partial<MqttPublisherOptions> & { url: string }): MqttPublisher {
+  const publisher = new MqttPublisher({
+    deviceId: 'dev1',
+    dataDir: newDataDir(),
+    reconnectPeriodMs: 200,
+    closeTimeoutMs: 1000,
+    logger,
+    ...options,
+  });
+  openPublishers.add(publisher);
+  return publisher;
+}
+async function closePublisher(publisher: MqttPublisher): Promise<void> {
+  openPublishers.delete(publisher);
+  await publisher.close();
+}
+
+/** For state that has no event to wait on (a counter); polls briefly. */
+async function until(condition: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+const onTopic = (topic: string) => (message: ReceivedMessage) => message.topic === topic;
+const eventIds = (messages: ReceivedMessage[]) => messages.map((m) => (JSON.parse(m.payload) as AnomalyEventPayload).id);
+
+const recorders = new Set<MqttRecorder>();
+async function record(url: string, topics: string | string[], options = {}): Promise<MqttRecorder> {
+  const recorder = await recordMqtt(url, topics, options);
+  recorders.add(recorder);
+  return recorder;
+}
+
+afterEach(async () => {
+  for (const publisher of openPublishers) await publisher.close();
+  openPublishers.clear();
+  for (const recorder of recorders) await recorder.close();
+  recorders.clear();
+  logs.length = 0;
+});
+afterAll(() => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () => {
+  let broker: MosquittoBroker;
+  beforeAll(async () => {
+    broker = await startMosquitto();
+  });
+  afterAll(async () => {
+    await broker?.stop();
+  });
+
+  it('publishes retained availability and camera status, QoS 1 events, scores and stats that match the schemas', async () => {
+    const publisher = newPublisher({
+      url: broker.url,
+      scoreMaxRateHz: 2,
+      statsIntervalMs: 100,
+      statsProvider: () => ({
+        cameras: { line1: { state: 'streaming', fps: 10, frames: 120, framesDropped: 2, restarts: 0, events: 1 } },
+      }),
+    });
+    await publisher.connect();
+    expect(publisher.connected).toBe(true);
+    expect(logs.join('\n')).toContain(`MQTT connected to ${broker.url} as linewatch-dev1`);
+    publisher.publishCameraStatus('line1', makeStatus());
+    await until(() => publisher.metrics().published >= 2, 'online and camera status to be acknowledged');
+
+    const recorder = await record(broker.url, 'linewatch/dev1/#');
+    const online = await recorder.waitFor(onTopic('linewatch/dev1/status'));
+    expect(online).toMatchObject({ payload: 'online', retain: true });
+    const status = await recorder.waitFor(onTopic('linewatch/dev1/line1/status'));
+    expect(status.retain).toBe(true);
+    expectValid(validateCameraStatus, JSON.parse(status.payload));
+
+    const start = makeEvent('start');
+    const lifecycle = [start, makeEvent('update', { id: start.id }), makeEvent('end', { id: start.id })];
+    for (const event of lifecycle) publisher.publishEvent(event);
+    expect(publisher.publishScore('line1', { at: new Date().toISOString(), score: 0.12, threshold: 0.2 })).toBe(true);
+    // Rate-limited to 2 Hz: the next score right away is not sent.
+    expect(publisher.publishScore('line1', { at: new Date().toISOString(), score: 0.13, threshold: 0.2 })).toBe(false);
+
+    const events = await recorder.waitForCount(onTopic('linewatch/dev1/line1/events'), 3);
+    expect(events.map((m) => JSON.parse(m.payload))).toEqual(lifecycle);
+    for (const message of events) {
+      expect(message.qos).toBe(1);
+      expect(message.retain).toBe(false);
+      expectValid(validateEvent, JSON.parse(message.payload));
+    }
+    const score = await recorder.waitFor(onTopic('linewatch/dev1/line1/score'));
+    expect(score.qos).toBe(0);
+    expectValid(validateScore, JSON.parse(score.payload));
+    const stats = await recorder.waitFor(onTopic('linewatch/dev1/stats'));
+    const statsPayload = JSON.parse(stats.payload);
+    expectValid(validateStats, statsPayload);
+    expect(statsPayload.cameras.line1.frames).toBe(120);
+    expect(statsPayload.rssBytes).toBeGreaterThan(0);
+
+    await until(() => publisher.metrics().outboxSize === 0, 'the outbox to drain');
+    expect(statSync(publisher.outboxFile).size).toBe(0);
+    expect(recorder.messages.filter(onTopic('linewatch/dev1/line1/score'))).toHaveLength(1);
+
+    // A clean close marks the agent and its cameras offline, retained.
+    await closePublisher(publisher);
+    const after = await record(broker.url, 'linewatch/dev1/+/status');
+    const cameraOffline = await after.waitFor(onTopic('linewatch/dev1/line1/status'));
+    expect(JSON.parse(cameraOffline.payload)).toMatchObject({ state: 'offline', reason: 'agent stopped' });
+    expectValid(validateCameraStatus, JSON.parse(cameraOffline.payload));
+    const availability = await record(broker.url, 'linewatch/dev1/status');
+    expect(await availability.waitFor(onTopic('linewatch/dev1/status'))).toMatchObject({ payload: 'offline', retain: true });
+  });
+
+  it('the schemas reject payloads that break the contract', () => {
+    const start = makeEvent('start');
+    expect(validateEvent(start)).toBe(true);
+    expect(validateEvent({ ...start, extra: 1 })).toBe(false);
+    expect(validateEvent({ ...start, reason: 'recovered' })).toBe(false);
+    const { reason: _reason, ...endWithoutReason } = makeEvent('end');
+    expect(validateEvent(endWithoutReason)).toBe(false);
+    expect(validateEvent({ ...start, id: 'not-a-uuid' })).toBe(false);
+    expect(validateEvent({ ...start, box: { x: 1, y: 2, width: 3 } })).toBe(false);
+    expect(validateCameraStatus({ ...makeStatus(), state: 'asleep' })).toBe(false);
+    expect(validateScore({ at: new Date().toISOString(), score: 1 })).toBe(false);
+  });
+
+  it('the broker publishes the retained offline last will when the connection dies', async () => {
+    // No reconnect, so the will stays the last word.
+    const publisher = newPublisher({ url: broker.url, deviceId: 'lwt', reconnectPeriodMs: 0 });
+    const recorder = await record(broker.url, 'linewatch/lwt/status');
+    await publisher.connect();
+    await recorder.waitFor((m) => m.payload === 'online');
+    // The process dying is simulated at the very edge: its socket is destroyed without DISCONNECT.
+    (publisher as unknown as { client: MqttClient }).client.stream.destroy();
+    await recorder.waitFor((m) => m.payload === 'offline');
+    const later = await record(broker.url, 'linewatch/lwt/status');
+    expect(await later.waitFor(onTopic('linewatch/lwt/status'))).toMatchObject({ payload: 'offline', retain: true });
+    expect(publisher.connected).toBe(false);
+  });
+
+  it('re-publishes online and the latest camera status after a broker restart', async () => {
+    const publisher = newPublisher({ url: broker.url, deviceId: 'restart' });
+    await publisher.connect();
+    publisher.publishCameraStatus('cam', makeStatus('streaming'));
+    publisher.publishCameraStatus('cam', { ...makeStatus('reconnecting'), reason: 'ffmpeg exited (code 1)' });
+    await until(() => publisher.metrics().published >= 3, 'statuses to be acknowledged');
+
+    const reconnected = new Promise<void>((resolve) =>
+      publisher.onConnectionChange((connected) => connected && resolve()),
+    );
+    await broker.restart(); // persistence off: every retained message is gone
+    await reconnected;
+    expect(publisher.metrics().reconnects).toBe(1);
+
+    const recorder = await record(broker.url, 'linewatch/restart/#');
+    expect(await recorder.waitFor(onTopic('linewatch/restart/status'))).toMatchObject({ payload: 'online', retain: true });
+    const status = await recorder.waitFor(onTopic('linewatch/restart/cam/status'));
+    expect(status.retain).toBe(true);
+    expect(JSON.parse(status.payload)).toMatchObject({ state: 'reconnecting', reason: 'ffmpeg exited (code 1)' });
+    expect(logs.join('\n')).toContain(`MQTT connection to ${broker.url} lost; retrying every 0.2 s`);
+  });
+
+  it('replays the outbox a previous run left, in order', async () => {
+    const dataDir = newDataDir();
+    const deadUrl = `mqtt://127.0.0.1:${await freePort()}`;
+    const first = newPublisher({ url: deadUrl, deviceId: 'replay', dataDir });
+    await first.connect();
+    const events = [makeEvent('start'), makeEvent('update'), makeEvent('end')];
+    for (const event of events) first.publishEvent(event);
+    const closeStarted = Date.now();
+    await closePublisher(first);
+    expect(Date.now() - closeStarted).toBeLessThan(1500);
+    // A crash in the middle of a write leaves a torn line behind.
+    appendFileSync(join(dataDir, 'mqtt-outbox.jsonl'), '{"seq":4,"topic":"linewatch/replay/line1/ev');
+
+    const recorder = await record(broker.url, 'linewatch/replay/+/events');
+    const second = newPublisher({ url: broker.url, deviceId: 'replay', dataDir });
+    expect(second.metrics().outboxSize).toBe(3);
+    expect(logs.join('\n')).toContain('3 event(s) from a previous run will be delivered on connect');
+    expect(logs.join('\n')).toContain('skipped 1 unreadable line(s)');
+    await second.connect();
+    const received = await recorder.waitForCount(() => true, 3);
+    expect(eventIds(received)).toEqual(events.map((event) => event.id));
+    await until(() => second.metrics().outboxSize === 0, 'the outbox to drain');
+  });
+
+  it('bounds the outbox: the oldest events are dropped and counted', async () => {
+    const dataDir = newDataDir();
+    const deadUrl = `mqtt://127.0.0.1:${await freePort()}`;
+    const first = newPublisher({ url: deadUrl, deviceId: 'bounded', dataDir, outbox: { maxEvents: 3 } });
+    await first.connect();
+    const events = Array.from({ length: 5 }, () => makeEvent('start'));
+    for (const event of events) first.publishEvent(event);
+    expect(first.metrics()).toMatchObject({ connected: false, outboxSize: 3, dropped: 2 });
+    expect(logs.filter((line) => line.includes('MQTT outbox full'))).toHaveLength(1);
+    await closePublisher(first);
+
+    const recorder = await record(broker.url, 'linewatch/bounded/+/events');
+    const second = newPublisher({ url: broker.url, deviceId: 'bounded', dataDir });
+    await second.connect();
+    await until(() => second.metrics().outboxSize === 0, 'the outbox to drain');
+    const received = await recorder.waitForCount(() => true, 3);
+    expect(eventIds(received)).toEqual(events.slice(2).map((event) => event.id));
+  });
+
+  it('contains a failing stats provider: one warning, no crash, the rest keeps publishing', async () => {
+    const publisher = newPublisher({
+      url: broker.url,
+      deviceId: 'stats-fail',
+      statsProvider: () => {
+        throw new Error('camera table not ready');
+      },
+    });
+    await publisher.connect();
+    expect(() => publisher.publishStats()).not.toThrow();
+    expect(logs.join('\n')).toContain('the stats provider failed (camera table not ready)');
+    const recorder = await record(broker.url, 'linewatch/stats-fail/+/events');
+    publisher.publishEvent(makeEvent('start'));
+    await recorder.waitFor(() => true);
+  });
+
+  it('refuses unusable settings with a hint', () => {
+    const expectUsageError = (create: () => unknown, message: string, hint: string): void => {
+      try {
+        create();
+        expect.unreachable(`expected a UsageError about ${message}`);
+      } catch (error) {
+        expect(error).toBeInstanceOf(UsageError);
+        expect((error as UsageError).message).toContain(message);
+        expect((error as UsageError).hint).toContain(hint);
+      }
+    };
+    expectUsageError(() => newPublisher({ url: broker.url, deviceId: 'a/b' }), 'deviceId "a/b"', 'no /');
+    expectUsageError(() => newPublisher({ url: broker.url, baseTopic: 'plant/+/line' }), 'plant/+/line', 'without + or #');
+    expectUsageError(() => newPublisher({ url: 'http://127.0.0.1:1883' }), 'http:// is not an MQTT protocol', 'mqtt://');
+    const missing = join(tmpdir(), 'linewatch-no-such-ca.pem');
+    expectUsageError(
+      () => newPublisher({ url: 'mqtts://127.0.0.1:8883', tls: { ca: missing } }),
+      missing,
+      'mqtt.tls.ca',
+    );
+    const publisher = newPublisher({ url: broker.url, deviceId: 'names' });
+    expectUsageError(() => publisher.publishEvent(makeEvent('start', { camera: 'line/1' })), 'camera name "line/1"', 'no /');
+  });
+});
+
+describe.skipIf(!isMosquittoInstalled())('MqttPublisher with the broker down', () => {
+  it('keeps running while the broker is down at start and delivers every event once it is up, in order', async () => {
+    // Persistence lets the subscriber's session (and what is queued for it) outlive broker restarts,
+    // so no event can slip past it while it reconnects.
+    const broker = await startMosquitto({ persistence: true });
+    try {
+      const recorder = await record(broker.url, 'linewatch/down/+/events', {
+        clientId: 'durable-subscriber',
+        clean: false,
+      });
+      await broker.stop();
+
+      const publisher = newPublisher({ url: broker.url, deviceId: 'down' });
+      await publisher.connect(); // resolves after the first failed attempt
+      expect(publisher.connected).toBe(false);
+      expect(logs.join('\n')).toContain(`MQTT broker ${broker.url} unreachable (ECONNREFUSED); retrying every 0.2 s`);
+      const whileDown = Array.from({ length: 5 }, (_, index) => makeEvent(index === 0 ? 'start' : 'update'));
+      for (const event of whileDown) publisher.publishEvent(event);
+      expect(publisher.metrics().outboxSize).toBe(5);
+
+      await broker.start();
+      const firstBatch = await recorder.waitForCount(() => true, 5, 10_000);
+      expect(eventIds(firstBatch)).toEqual(whileDown.map((event) => event.id));
+      await until(() => publisher.metrics().outboxSize === 0, 'the outbox to drain');
+
+      // The broker goes away under a connected publisher (some events possibly in flight), and comes back.
+      const lost = new Promise<void>((resolve) => publisher.onConnectionChange((up) => !up && resolve()));
+      const beforeOutage = [makeEvent('update'), makeEvent('update')];
+      for (const event of beforeOutage) publisher.publishEvent(event);
+      await broker.stop();
+      await lost;
+      const duringOutage = [makeEvent('update'), makeEvent('update'), makeEvent('end')];
+      for (const event of duringOutage) publisher.publishEvent(event);
+      await broker.start();
+      const expected = [...whileDown, ...beforeOutage, ...duringOutage].map((event) => event.id);
+      await recorder.waitUntil(
+        (all) => new Set(eventIds([...all])).size >= expected.length,
+        `${expected.length} distinct events`,
+        10_000,
+      );
+      // At least once: a duplicate is tolerated, a loss or reordering not.
+      expect([...new Set(eventIds(recorder.messages))]).toEqual(expected);
+      await until(() => publisher.metrics().outboxSize === 0, 'the outbox to drain');
+      expect(publisher.metrics().dropped).toBe(0);
+    } finally {
+      for (const recorder of recorders) await recorder.close();
+      recorders.clear();
+      await broker.stop();
+    }
+  });
+});
+
+describe.skipIf(!isMosquittoInstalled())('MqttPublisher with username and password', () => {
+  let broker: MosquittoBroker;
+  beforeAll(async () => {
+    broker = await startMosquitto({ users: { agent: 's3cret', viewer: 'v1ew' } });
+  });
+  afterAll(async () => {
+    await broker?.stop();
+  });
+
+  it('connects with the right credentials (MQTT 5)', async () => {
+    const recorder = await record(broker.url, 'linewatch/auth/#', { username: 'viewer', password: 'v1ew' });
+    const publisher = newPublisher({
+      url: broker.url,
+      deviceId: 'auth',
+      username: 'agent',
+      password: 's3cret',
+      protocolVersion: 5,
+    });
+    await publisher.connect();
+    expect(publisher.connected).toBe(true);
+    await recorder.waitFor((m) => m.topic === 'linewatch/auth/status' && m.payload === 'online');
+    const event = makeEvent('start', { camera: 'gate' });
+    publisher.publishEvent(event);
+    const received = await recorder.waitFor(onTopic('linewatch/auth/gate/events'));
+    expectValid(validateEvent, JSON.parse(received.payload));
+  });
+
+  it('keeps running and says why when the credentials are wrong', async () => {
+    const publisher = newPublisher({
+      url: `mqtt://agent:wrong@127.0.0.1:${broker.port}`,
+      deviceId: 'auth-bad',
+    });
+    await publisher.connect();
+    expect(publisher.connected).toBe(false);
+    const log = logs.join('\n');
+    expect(log).toContain(`MQTT broker ${broker.url} refused the connection`);
+    expect(log).toContain('check mqtt.username and mqtt.password');
+    expect(log).not.toContain('wrong'); // the password never reaches the log
+    publisher.publishEvent(makeEvent('start'));
+    expect(publisher.metrics()).toMatchObject({ connected: false, outboxSize: 1 });
+  });
+});
+
+describe.skipIf(!isMosquittoInstalled())('MqttPublisher over TLS with a client certificate', () => {
+  it('verifies the broker with the CA file and authenticates with its certificate and key', async () => {
+    const certificates = createTestCertificates(newDataDir());
+    const broker = await startMosquitto({
+      tls: { caFile: certificates.caFile, certFile: certificates.serverCertFile, keyFile: certificates.serverKeyFile },
+    });
+    try {
+      const recorder = await record(broker.url, 'linewatch/tls/#', {
+        ca: readFileSync(certificates.caFile),
+        cert: readFileSync(certificates.clientCertFile),
+        key: readFileSync(certificates.clientKeyFile),
+      });
+      const publisher = newPublisher({
+        url: broker.url,
+        deviceId: 'tls',
+        tls: { ca: certificates.caFile, cert: certificates.clientCertFile, key: certificates.clientKeyFile },
+      });
+      await publisher.connect();
+      expect(publisher.connected).toBe(true);
+      await recorder.waitFor((m) => m.topic === 'linewatch/tls/status' && m.payload === 'online');
+
+      // Without the client certificate the broker refuses the handshake; the agent keeps running.
+      const anonymous = newPublisher({ url: broker.url, deviceId: 'tls-anon', tls: { ca: certificates.caFile } });
+      await anonymous.connect();
+      expect(anonymous.connected).toBe(false);
+      expect(logs.join('\n')).toContain(
+        `MQTT broker ${broker.url} TLS handshake failed (ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED`,
+      );
+      expect(logs.join('\n')).toContain('check mqtt.tls.ca, mqtt.tls.cert and mqtt.tls.key');
+    } finally {
+      for (const recorder of recorders) await recorder.close();
+      recorders.clear();
+      await broker.stop();
+    }
+  });
+});

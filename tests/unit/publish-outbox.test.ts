@@ -1,0 +1,131 @@
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { UsageError } from '../../src/errors.js';
+import { DurableOutbox, type OutboxEntry } from '../../src/publish/outbox.js';
+
+let dir: string;
+let file: string;
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'linewatch-outbox-'));
+  file = join(dir, 'sub', 'outbox.jsonl');
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+const payloads = (outbox: DurableOutbox): string[] => [...outbox.entries()].map((entry) => entry.payload);
+
+describe('DurableOutbox', () => {
+  it('keeps entries in order, forgets acknowledged ones and survives a reopen', () => {
+    const first = DurableOutbox.open({ file, fsync: true });
+    const a = first.add('t/a', 'A');
+    first.add('t/b', 'B');
+    const c = first.add('t/c', 'C');
+    first.remove(a.seq);
+    first.add('t/d', 'D');
+    expect(payloads(first)).toEqual(['B', 'C', 'D']);
+    first.close();
+
+    const second = DurableOutbox.open({ file });
+    expect(second.recovered).toBe(3);
+    expect([...second.entries()].map((entry) => [entry.topic, entry.payload])).toEqual([
+      ['t/b', 'B'],
+      ['t/c', 'C'],
+      ['t/d', 'D'],
+    ]);
+    // Sequence numbers continue after a restart, so replay order stays total.
+    expect(second.add('t/e', 'E').seq).toBeGreaterThan(c.seq + 1);
+    second.close();
+  });
+
+  it('truncates the file when it drains', () => {
+    const outbox = DurableOutbox.open({ file });
+    const entries = ['1', '2', '3'].map((payload) => outbox.add('t', payload));
+    expect(statSync(file).size).toBeGreaterThan(0);
+    for (const entry of entries) outbox.remove(entry.seq);
+    expect(outbox.size).toBe(0);
+    expect(statSync(file).size).toBe(0);
+    outbox.add('t', '4');
+    outbox.close();
+    expect(payloads(DurableOutbox.open({ file }))).toEqual(['4']);
+  });
+
+  it('still persists an entry added after close (an event raised during shutdown)', () => {
+    const outbox = DurableOutbox.open({ file, fsync: true });
+    outbox.add('t', 'before');
+    outbox.close();
+    outbox.add('t', 'after');
+    expect(payloads(DurableOutbox.open({ file }))).toEqual(['before', 'after']);
+  });
+
+  it('skips a torn last line left by a crash mid-write', () => {
+    const outbox = DurableOutbox.open({ file });
+    outbox.add('t', 'kept');
+    outbox.close();
+    appendFileSync(file, '{"seq":99,"topic":"t","payl');
+    const reopened = DurableOutbox.open({ file });
+    expect(reopened.skippedLines).toBe(1);
+    expect(payloads(reopened)).toEqual(['kept']);
+    // The reopen rewrote the log, so the torn line is gone for good.
+    expect(readFileSync(file, 'utf8')).not.toContain('"seq":99');
+    reopened.close();
+  });
+
+  it('drops the oldest entries beyond maxEntries and counts them', () => {
+    const dropped: OutboxEntry[] = [];
+    const outbox = DurableOutbox.open({ file, maxEntries: 3, onDrop: (entry) => dropped.push(entry) });
+    for (const payload of ['1', '2', '3', '4', '5']) outbox.add('t', payload);
+    expect(payloads(outbox)).toEqual(['3', '4', '5']);
+    expect(outbox.dropped).toBe(2);
+    expect(dropped.map((entry) => entry.payload)).toEqual(['1', '2']);
+    outbox.close();
+    expect(payloads(DurableOutbox.open({ file, maxEntries: 3 }))).toEqual(['3', '4', '5']);
+  });
+
+  it('drops the oldest entries beyond maxBytes but always keeps the newest', () => {
+    const outbox = DurableOutbox.open({ file, maxBytes: 300 });
+    for (let index = 0; index < 10; index++) outbox.add('t', String(index).repeat(50));
+    expect(outbox.bytes).toBeLessThanOrEqual(300);
+    expect(outbox.size).toBeGreaterThan(0);
+    expect(outbox.size + outbox.dropped).toBe(10);
+    expect(payloads(outbox).at(-1)).toBe('9'.repeat(50));
+    outbox.add('t', 'x'.repeat(1000));
+    expect(payloads(outbox)).toEqual(['x'.repeat(1000)]);
+    outbox.close();
+  });
+
+  it('applies lowered bounds to what a previous run left', () => {
+    const outbox = DurableOutbox.open({ file });
+    for (const payload of ['1', '2', '3', '4']) outbox.add('t', payload);
+    outbox.close();
+    const reopened = DurableOutbox.open({ file, maxEntries: 2 });
+    expect(payloads(reopened)).toEqual(['3', '4']);
+    expect(reopened.dropped).toBe(2);
+    reopened.close();
+  });
+
+  it('compacts the log when acknowledgements dominate it', () => {
+    const outbox = DurableOutbox.open({ file });
+    outbox.add('t', 'head'); // never acknowledged, so the log never drains
+    for (let index = 0; index < 1500; index++) outbox.remove(outbox.add('t', `m${index}`).seq);
+    expect(outbox.size).toBe(1);
+    const lines = readFileSync(file, 'utf8').trim().split('\n');
+    expect(lines.length).toBeLessThan(1500);
+    outbox.close();
+    expect(payloads(DurableOutbox.open({ file }))).toEqual(['head']);
+  });
+
+  it('says which file cannot be used and how to fix it', () => {
+    // A regular file where the folder should be: fails for root too, unlike permissions.
+    const notAFolder = join(dir, 'not-a-folder');
+    appendFileSync(notAFolder, '');
+    const target = join(notAFolder, 'outbox.jsonl');
+    expect(() => DurableOutbox.open({ file: target })).toThrow(UsageError);
+    try {
+      DurableOutbox.open({ file: target });
+    } catch (error) {
+      expect((error as UsageError).message).toContain(target);
+      expect((error as UsageError).hint).toContain('dataDir');
+    }
+  });
+});
