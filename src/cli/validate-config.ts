@@ -2,8 +2,9 @@ import type { Command } from 'commander';
 import { ConfigError } from '../config/errors.js';
 import { DEFAULT_CONFIG_FILE, loadConfig, type ConfigOptions } from '../config/load.js';
 import { resolveCameras, type CameraConfig, type Config } from '../config/resolve.js';
-import { redactUrl } from '../config/sources.js';
 import type { Environment } from '../config/substitute.js';
+import { formatError } from '../errors.js';
+import { scrubSecrets } from '../redact.js';
 
 export interface ValidateConfigOutput {
   out: (line: string) => void;
@@ -39,7 +40,7 @@ export async function validateConfigFile(
     cameras = resolveCameras(config);
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
-    options.output.err(error.message);
+    options.output.err(formatError(error));
     return 1;
   }
   if (options.json) {
@@ -50,7 +51,7 @@ export async function validateConfigFile(
   return 0;
 }
 
-/** A few lines saying what the agent would do with this config; URLs redacted. */
+/** A few lines saying what the agent would do with this config; credentials masked. */
 export function describeConfig(file: string, config: Config, cameras: readonly CameraConfig[]): string[] {
   const { mqtt } = config;
   const protocol = mqtt.protocolVersion === 5 ? 'MQTT 5' : 'MQTT 3.1.1';
@@ -58,7 +59,7 @@ export function describeConfig(file: string, config: Config, cameras: readonly C
     mqtt.url === undefined
       ? `embedded, listening on ${mqtt.embeddedBroker.host}:${mqtt.embeddedBroker.port}`
       : [
-          `${redactUrl(mqtt.url)} (${protocol}`,
+          `${scrubSecrets(mqtt.url)} (${protocol}`,
           mqtt.tls ? ', TLS' : '',
           mqtt.username ? `, user ${mqtt.username}` : '',
           mqtt.password ? (mqtt.passwordFile ? `, password from ${mqtt.passwordFile}` : ', password set') : '',
@@ -92,7 +93,7 @@ function describeCamera(camera: CameraConfig): string {
         : `threshold ${camera.threshold.value}`;
   const { k, n } = camera.debounce;
   return [
-    `${camera.kind} ${redactUrl(camera.url)}${options.length > 0 ? ` (${options.join(', ')})` : ''}`,
+    `${camera.kind} ${scrubSecrets(camera.url)}${options.length > 0 ? ` (${options.join(', ')})` : ''}`,
     `model ${camera.model} ${camera.variant} on ${camera.providers.join(' > ')}`,
     `${camera.fps} fps`,
     threshold,
@@ -100,13 +101,12 @@ function describeCamera(camera: CameraConfig): string {
   ].join('; ');
 }
 
+/** Keys whose whole value is a secret (the schema is strict: no other key holds one directly). */
 const SECRET_KEYS = new Set(['password']);
 
+/** Every string goes through the scrubber, not just URLs: a credential can hide in inputArgs or a query string too. */
 function maskSecrets(value: unknown, key = ''): unknown {
-  if (typeof value === 'string') {
-    if (SECRET_KEYS.has(key)) return '***';
-    return key === 'url' ? redactUrl(value) : value;
-  }
+  if (typeof value === 'string') return SECRET_KEYS.has(key) ? '***' : scrubSecrets(value);
   if (Array.isArray(value)) return value.map((item) => maskSecrets(item));
   if (value !== null && typeof value === 'object') {
     return Object.fromEntries(Object.entries(value).map(([name, child]) => [name, maskSecrets(child, name)]));

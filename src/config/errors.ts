@@ -1,4 +1,5 @@
 import { UsageError } from '../errors.js';
+import { scrubSecrets } from '../redact.js';
 import type { ConfigIssue } from './substitute.js';
 
 /**
@@ -11,11 +12,13 @@ export class ConfigError extends UsageError {
 
   constructor(file: string, issues: readonly ConfigIssue[], options: { hint?: string; cause?: unknown } = {}) {
     const count = issues.length === 1 ? '1 problem' : `${issues.length} problems`;
-    super(`config ${file} is invalid (${count}):\n${issues.map((issue) => `  ${issue.path}: ${issue.message}`).join('\n')}`, {
-      hint: options.hint ?? 'fix the lines above; `linewatch validate-config <file>` checks a file without starting the agent',
+    // Messages quote URLs and values from the file, which may carry credentials; the issues are scrubbed too, for callers that list them.
+    const scrubbed = issues.map((issue) => ({ path: issue.path, message: scrubSecrets(issue.message) }));
+    super(scrubSecrets(`config ${file} is invalid (${count}):\n${scrubbed.map((issue) => `  ${issue.path}: ${issue.message}`).join('\n')}`), {
+      hint: scrubSecrets(options.hint ?? 'fix the lines above; `linewatch validate-config <file>` checks a file without starting the agent'),
       cause: options.cause,
     });
     this.file = file;
-    this.issues = issues;
+    this.issues = scrubbed;
   }
 }

@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
@@ -34,6 +34,23 @@ export interface ConfigOptions {
   readTextFile?: (absolutePath: string) => string;
 }
 
+/**
+ * Bounds on what a config file may cost to read. Real configs are a few KiB; these
+ * only stop a wrong file (a video passed to --config) or a hostile one (a YAML
+ * "billion laughs", where a few lines of nested aliases expand to gigabytes) from
+ * taking the agent down with an out-of-memory crash that systemd restarts forever.
+ */
+export const CONFIG_LIMITS = Object.freeze({
+  /** Largest config file read, in bytes. */
+  maxBytes: 1024 * 1024,
+  /**
+   * Alias expansions allowed (`*name`), weighted by the aliases inside what they
+   * point at, as the yaml package counts them: a shared block reused by every
+   * camera of a large site stays far below it, a billion-laughs file far above.
+   */
+  maxAliasCount: 100,
+});
+
 /** Reads, substitutes, validates and resolves a config file; throws a ConfigError listing every problem. */
 export async function loadConfig(
   file: string = DEFAULT_CONFIG_FILE,
@@ -42,8 +59,9 @@ export async function loadConfig(
 ): Promise<Config> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readBounded(file, CONFIG_LIMITS.maxBytes);
   } catch (cause) {
+    if (cause instanceof ConfigError) throw cause;
     const code = (cause as NodeJS.ErrnoException).code ?? String(cause);
     throw new ConfigError(file, [{ path: '(file)', message: `cannot read ${path.resolve(file)} (${code})` }], {
       hint: `pass an existing file with --config, or copy one of the examples in config/ to ${DEFAULT_CONFIG_FILE}`,
@@ -53,11 +71,41 @@ export async function loadConfig(
   return parseConfig(text, { ...options, env, file });
 }
 
+/** The file's text, reading at most one byte past `maxBytes` (whatever the file claims its size is: it may be a pipe). */
+async function readBounded(file: string, maxBytes: number): Promise<string> {
+  const handle = await open(file, 'r');
+  try {
+    const buffer = Buffer.alloc(maxBytes + 1);
+    let length = 0;
+    while (length < buffer.length) {
+      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, null);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+    }
+    if (length > maxBytes) throw tooLarge(file, `more than ${formatBytes(maxBytes)}`);
+    return buffer.toString('utf8', 0, length);
+  } finally {
+    await handle.close();
+  }
+}
+
+function tooLarge(file: string, size: string): ConfigError {
+  return new ConfigError(file, [{ path: '(file)', message: `the file is ${size}; a config file may be at most ${formatBytes(CONFIG_LIMITS.maxBytes)}` }], {
+    hint: 'check that --config names the YAML config (not a video, a model or a log); a real config is a few KiB',
+  });
+}
+
+function formatBytes(bytes: number): string {
+  return bytes >= 1024 * 1024 ? `${(bytes / (1024 * 1024)).toFixed(bytes % (1024 * 1024) === 0 ? 0 : 1)} MiB` : `${bytes} bytes`;
+}
+
 const MAX_YAML_ERRORS = 3;
 
 /** Same as loadConfig, from YAML text. */
 export function parseConfig(text: string, options: ConfigOptions & { file?: string } = {}): Config {
   const file = options.file ?? '(text)';
+  const bytes = Buffer.byteLength(text, 'utf8');
+  if (bytes > CONFIG_LIMITS.maxBytes) throw tooLarge(file, formatBytes(bytes));
   const document = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (document.errors.length > 0) {
     // One syntax error tends to cascade into dozens; the first few locate it.
@@ -69,7 +117,29 @@ export function parseConfig(text: string, options: ConfigOptions & { file?: stri
     if (more > 0) shown.push({ path: '(yaml)', message: `${more} more syntax errors, probably caused by the ones above` });
     throw new ConfigError(file, shown, { hint: 'the file is not valid YAML; check indentation and quoting around the lines named' });
   }
-  return configFromObject(document.toJS() ?? {}, { ...options, file });
+  let raw: unknown;
+  try {
+    raw = document.toJS({ maxAliasCount: CONFIG_LIMITS.maxAliasCount });
+  } catch (cause) {
+    // The yaml package signals an alias bomb with a ReferenceError and nothing more specific to test for.
+    if (cause instanceof ReferenceError && /alias/i.test(cause.message)) {
+      throw new ConfigError(
+        file,
+        [
+          {
+            path: '(yaml)',
+            message: `aliases (*name) expand past the limit of ${CONFIG_LIMITS.maxAliasCount}: refused, since nested aliases are how a "billion laughs" file exhausts memory`,
+          },
+        ],
+        { hint: 'write repeated settings out, or put them once under `defaults:` (every camera inherits them) instead of nesting aliases', cause },
+      );
+    }
+    throw new ConfigError(file, [{ path: '(yaml)', message: `cannot be read as data: ${(cause as Error).message ?? String(cause)}` }], {
+      hint: 'the file is YAML but not a config; compare it with the examples in config/',
+      cause,
+    });
+  }
+  return configFromObject(raw ?? {}, { ...options, file });
 }
 
 /** Same as loadConfig, from an already parsed object (what YAML would give). */

@@ -1,7 +1,7 @@
 import type { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { MergedCameraSchema, type ConfigFile } from './schema.js';
-import { classifySource, type SourceKind } from './sources.js';
+import { classifySource, type CameraSourceKind } from './sources.js';
 import { formatPath, isPlainObject } from './substitute.js';
 
 export interface TlsConfig {
@@ -32,7 +32,7 @@ export interface Config extends Omit<ConfigFile, 'deviceId' | 'mqtt'> {
 export type CameraConfig = Omit<z.output<typeof MergedCameraSchema>, 'scorePublish'> & {
   name: string;
   url: string;
-  kind: SourceKind;
+  kind: CameraSourceKind;
   scorePublish: boolean;
 };
 

@@ -1,11 +1,18 @@
 import { z } from 'zod';
+import { PROVIDER_NAMES, type ProviderName } from '../model/providers.js';
+import { DEFAULT_BACKOFF } from '../source/backoff.js';
+import { DEFAULT_QUEUE_CAPACITY } from '../source/camera.js';
+import { DEFAULT_IO_TIMEOUT_MS, DEFAULT_PREVIEW_FPS } from '../source/ffmpeg-args.js';
+import { LOG_FORMATS, LOG_LEVELS } from '../log.js';
 
 /**
- * The agent's configuration file (YAML), as a zod schema. Every default lives
- * here (`.default(...)`), every object is strict (unknown keys are errors, so a
- * typo never silently falls back to a default), and `schemas/config.schema.json`
- * is generated from it (see json-schema.ts) so editors can complete and check
- * the file.
+ * The agent's configuration file (YAML), as a zod schema. Every default is
+ * declared here (`.default(...)`; where a library has its own default, it is that
+ * constant, so the two cannot differ), every object is strict (unknown keys are
+ * errors, so a typo never silently falls back to a default), and
+ * `schemas/config.schema.json` is generated from it (see json-schema.ts) so
+ * editors can complete and check the file; tests/unit/config-defaults.test.ts
+ * checks that the file, the schema and the libraries agree.
  *
  * Conventions the loader (load.ts) applies before validation:
  * - `${VAR}` and `${VAR:-default}` in string values come from the environment.
@@ -20,27 +27,14 @@ import { z } from 'zod';
 const TOPIC_SAFE = /^[A-Za-z0-9_-]+$/;
 export const CAMERA_NAME = /^[a-z0-9_-]+$/;
 
-/** Execution providers a camera may ask for, in onnxruntime's naming (the model loader maps and checks availability). */
-export const EXECUTION_PROVIDERS = [
-  'cpu',
-  'cuda',
-  'tensorrt',
-  'openvino',
-  'coreml',
-  'dml',
-  'xnnpack',
-  'rocm',
-  'migraphx',
-  'qnn',
-  'webgpu',
-] as const;
-export type ExecutionProvider = (typeof EXECUTION_PROVIDERS)[number];
+/** Execution providers a camera may ask for: the model loader's own table, so the config never accepts one it refuses. */
+export const EXECUTION_PROVIDERS = PROVIDER_NAMES;
+export type ExecutionProvider = ProviderName;
 
 export const HWACCELS = ['none', 'nvidia', 'jetson', 'vaapi'] as const;
 export type Hwaccel = (typeof HWACCELS)[number];
 
-export const LOG_LEVELS = ['error', 'warn', 'info', 'debug'] as const;
-export type LogLevel = (typeof LOG_LEVELS)[number];
+export { LOG_FORMATS, LOG_LEVELS, type LogLevel } from '../log.js';
 
 /** A systemd credential name (LoadCredential=name:...): one path segment. */
 const CredentialRefSchema = z
@@ -62,8 +56,9 @@ const fraction = () => z.number().min(0).max(1);
 
 const BackoffSchema = z
   .object({
-    initialS: z.number().positive().default(1).describe('First wait before restarting ffmpeg after a failure, in seconds.'),
-    maxS: z.number().positive().default(60).describe('Longest wait between restarts; the wait doubles up to this.'),
+    // The camera source's own defaults: one number each, whether the source is used through the config or directly.
+    initialS: z.number().positive().default(DEFAULT_BACKOFF.initialMs / 1000).describe('First wait before restarting ffmpeg after a failure, in seconds.'),
+    maxS: z.number().positive().default(DEFAULT_BACKOFF.maxMs / 1000).describe('Longest wait between restarts; the wait doubles up to this.'),
   })
   .strict()
   .superRefine((backoff, ctx) => {
@@ -93,7 +88,7 @@ const PolygonSchema = z.array(PointSchema).min(3, 'a polygon needs at least 3 po
 const PreviewSchema = z
   .object({
     enabled: z.boolean().default(false).describe('Also emit low-rate JPEG previews (for the web page).'),
-    fps: z.number().positive().max(30).default(1),
+    fps: z.number().positive().max(30).default(DEFAULT_PREVIEW_FPS),
     width: z.number().int().min(16).max(3840).default(640).describe('Preview width in pixels; height keeps the aspect ratio.'),
   })
   .strict();
@@ -190,14 +185,18 @@ export const CameraSettingsSchema = z
     model: z.string().min(1).optional().describe('Model bundle folder (holds manifest.json), e.g. models/demo.'),
     variant: z.enum(['fp32', 'int8']).default('int8').describe('Which ONNX model of the bundle to run.'),
     providers: z
-      .array(z.enum(EXECUTION_PROVIDERS))
+      .array(
+        z.enum(EXECUTION_PROVIDERS, {
+          error: (issue) => `unknown execution provider ${JSON.stringify(issue.input)}: use one of ${EXECUTION_PROVIDERS.join(', ')}`,
+        }),
+      )
       .min(1)
       .default(['cpu'])
       .describe('Execution providers in order of preference; unavailable ones fall back to the next, cpu last.'),
     threads: z.number().int().min(1).max(64).default(1).describe('Intra-op threads of the inference session.'),
     fps: z.number().positive().max(120).default(10).describe('Analysis rate: frames per second scored (ffmpeg drops the rest).'),
     transport: z.enum(['tcp', 'udp']).default('tcp').describe('RTSP transport.'),
-    socketTimeoutS: z.number().positive().default(5).describe('Network read timeout for ffmpeg (RTSP/HTTP), seconds.'),
+    socketTimeoutS: z.number().positive().default(DEFAULT_IO_TIMEOUT_MS / 1000).describe('Network read timeout for ffmpeg (RTSP/HTTP), seconds.'),
     stallTimeoutS: z.number().positive().default(10).describe('Restart ffmpeg when no frame arrived for this long, seconds.'),
     backoff: BackoffSchema.prefault({}),
     hwaccel: z.enum(HWACCELS).default('none').describe('Hardware video decoding.'),
@@ -211,7 +210,7 @@ export const CameraSettingsSchema = z
       .int()
       .min(1)
       .max(1000)
-      .default(2)
+      .default(DEFAULT_QUEUE_CAPACITY)
       .describe('Frames waiting for inference; when full the oldest is dropped (and counted), never buffered without bound.'),
     preview: PreviewSchema.prefault({}),
     threshold: ThresholdSchema.prefault({}),
@@ -340,7 +339,13 @@ export const ConfigFileSchema = z
       .describe("This device's id in MQTT topics. Unset: the hostname, with other characters replaced by -."),
     dataDir: z.string().min(1).default('./data').describe('Folder for snapshots and the MQTT outbox.'),
     log: z
-      .object({ level: z.enum(LOG_LEVELS).default('info') })
+      .object({
+        level: z.enum(LOG_LEVELS).default('info'),
+        format: z
+          .enum(LOG_FORMATS)
+          .default('text')
+          .describe('text: one readable line per message (journald); json: one JSON object per line, for log collectors.'),
+      })
       .strict()
       .prefault({}),
     mqtt: MqttSchema.prefault({}),

@@ -5,30 +5,16 @@
 import { readFile } from 'node:fs/promises';
 import ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
-import { ModelError, UsageError } from '../errors.js';
+import { ModelError } from '../errors.js';
+import { defaultLogger } from '../log.js';
 import { MODEL_IO } from './manifest.js';
+import { resolveProviders } from './providers.js';
 import type { InferenceModel, ModelOutputs } from './types.js';
 
 const { onnx } = onnxProto;
 
-/**
- * linewatch provider names -> onnxruntime execution providers. Several names may
- * mean the same provider (`directml` is `dml`). Whether a provider can actually
- * start depends on the platform and the onnxruntime-node build; the ones it
- * cannot start fall back to the next, and finally to the CPU.
- */
-export const PROVIDERS: Readonly<Record<string, string>> = Object.freeze({
-  cpu: 'cpu',
-  cuda: 'cuda',
-  tensorrt: 'tensorrt',
-  openvino: 'openvino',
-  coreml: 'coreml',
-  dml: 'dml',
-  directml: 'dml',
-  webgpu: 'webgpu',
-  qnn: 'qnn',
-  xnnpack: 'xnnpack',
-});
+// The provider table is in providers.ts (the config schema reads it without loading onnxruntime); callers keep importing it from here.
+export { PROVIDERS, PROVIDER_NAMES, resolveProviders } from './providers.js';
 
 export interface OnnxModelOptions {
   /** Tried in order; the CPU is always the last resort. Default ['cpu']. */
@@ -37,7 +23,7 @@ export interface OnnxModelOptions {
   threads?: number;
   /** Threads across independent operators (inter-op); only matters for parallel graphs. */
   interOpThreads?: number;
-  /** Where provider fallbacks are reported. Default: console.warn. */
+  /** Where provider fallbacks are reported. Default: the process logger's warnings. */
   log?: (message: string) => void;
   /** Write the graph as onnxruntime optimised it (to see which nodes stay float). */
   optimizedModelPath?: string;
@@ -49,23 +35,6 @@ export interface InputShape {
   readonly channels: number;
   readonly height: number;
   readonly width: number;
-}
-
-/** Resolve user-facing provider names into onnxruntime names; unknown names are a usage error. */
-export function resolveProviders(names: readonly string[] = ['cpu']): string[] {
-  const resolved: string[] = [];
-  for (const raw of names) {
-    const name = raw.trim().toLowerCase();
-    const provider = PROVIDERS[name];
-    if (provider === undefined) {
-      throw new UsageError(`unknown execution provider "${raw}"`, {
-        hint: `use one of: ${Object.keys(PROVIDERS).join(', ')}`,
-      });
-    }
-    if (!resolved.includes(provider)) resolved.push(provider);
-  }
-  if (!resolved.includes('cpu')) resolved.push('cpu');
-  return resolved;
 }
 
 /** Providers this onnxruntime-node build can even try on this platform. */
@@ -123,7 +92,7 @@ interface OpenedSession {
  * is dropped (and the drop logged) until the session starts, at worst on the CPU.
  */
 async function openSession(bytes: Uint8Array, label: string, options: OnnxModelOptions): Promise<OpenedSession> {
-  const log = options.log ?? ((message: string) => console.warn(message));
+  const log = options.log ?? ((message: string) => defaultLogger().warn(message));
   const builtIn = providersBuiltIn();
   let providers = resolveProviders(options.providers).filter((provider) => {
     if (builtIn.has(provider)) return true;

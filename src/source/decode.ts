@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { sourceKind } from '../config/sources.js';
 import { UsageError } from '../errors.js';
 import { fromInterleavedBytes, type ImageTensor } from '../image/tensor.js';
 import { buildFrameFilter } from './ffmpeg-args.js';
@@ -14,23 +15,25 @@ export interface DecodeOptions {
   duration?: number;
   /** Frames per second to sample. */
   fps: number;
+  /** The camera's crop (shares of the source frame), applied as a running camera applies it. */
+  cropFraction?: { x: number; y: number; width: number; height: number };
   ffmpegPath?: string;
   signal?: AbortSignal;
 }
-
-const LIVE_STREAM = /^(rtsps?|rtmp|https?|udp|tcp):\/\//i;
 
 /**
  * Decode a bounded stretch of a video file or stream into model-sized frames, for
  * training. ffmpeg does the sampling and scaling so Node only sees small frames.
  */
 export async function decodeVideoFrames(url: string, options: DecodeOptions): Promise<ImageTensor[]> {
-  const live = LIVE_STREAM.test(url);
+  const kind = sourceKind(url);
+  // Anything but a file (a camera device too) never ends by itself.
+  const live = kind !== 'file';
   if (live && options.duration === undefined) {
-    throw new UsageError(`${url} is a live stream: say how much of it to learn from`, { hint: 'add --duration <seconds>' });
+    throw new UsageError(`${scrubCredentials(url)} is a live stream: say how much of it to learn from`, { hint: 'add --duration <seconds>' });
   }
   const args = ['-hide_banner', '-nostdin', '-loglevel', 'error'];
-  if (/^rtsps?:\/\//i.test(url)) args.push('-rtsp_transport', 'tcp', '-timeout', '10000000');
+  if (kind === 'rtsp') args.push('-rtsp_transport', 'tcp', '-timeout', '10000000');
   // Input-side seek is exact when decoding a file; a live stream cannot seek, so it skips by decoding.
   if (options.start && !live) args.push('-ss', String(options.start));
   args.push('-i', url);
@@ -39,7 +42,7 @@ export async function decodeVideoFrames(url: string, options: DecodeOptions): Pr
   // The same filter graph as a running camera (src/source/ffmpeg-args.ts), so the model learns from frames
   // sampled, scaled and converted exactly like the ones it will score.
   const pixelFormat = options.channels === 1 ? 'gray' : 'rgb24';
-  const filter = buildFrameFilter({ width: options.width, height: options.height, pixelFormat, fps: options.fps });
+  const filter = buildFrameFilter({ width: options.width, height: options.height, pixelFormat, fps: options.fps, cropFraction: options.cropFraction });
   args.push('-an', '-vf', filter, '-fps_mode', 'passthrough', '-pix_fmt', pixelFormat, '-f', 'rawvideo', 'pipe:1');
 
   const frameBytes = options.width * options.height * options.channels;
@@ -88,7 +91,7 @@ export async function decodeVideoFrames(url: string, options: DecodeOptions): Pr
 export async function probeVideoSize(url: string, ffmpegPath = 'ffmpeg'): Promise<{ width: number; height: number }> {
   const ffprobe = ffmpegPath.replace(/ffmpeg(\.exe)?$/, 'ffprobe$1');
   const args = ['-v', 'error', '-select_streams', 'v:0', '-show_entries', 'stream=width,height', '-of', 'csv=p=0'];
-  if (/^rtsps?:\/\//i.test(url)) args.push('-rtsp_transport', 'tcp', '-timeout', '10000000');
+  if (sourceKind(url) === 'rtsp') args.push('-rtsp_transport', 'tcp', '-timeout', '10000000');
   args.push(url);
   const child = spawn(ffprobe, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';

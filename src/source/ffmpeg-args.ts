@@ -1,5 +1,6 @@
+import { sourceKind, type SourceKind } from '../config/sources.js';
 import { UsageError } from '../errors.js';
-import { scrubCredentials } from './ffmpeg-log.js';
+import { scrubSecrets } from '../redact.js';
 
 /** Pixel layout of the raw frames ffmpeg writes: one byte per channel, interleaved (HWC). */
 export type PixelFormat = 'gray' | 'rgb24';
@@ -12,7 +13,7 @@ export const HW_ACCELS: readonly HwAccel[] = ['none', 'nvidia', 'jetson', 'vaapi
 export type RtspTransport = 'tcp' | 'udp';
 
 /** How the camera `url` is opened; decides which input options apply. */
-export type InputKind = 'rtsp' | 'http' | 'device' | 'file' | 'stream';
+export type InputKind = SourceKind;
 
 /** Rectangle in source pixels, applied before scaling to the model's input size. */
 export interface CropRect {
@@ -21,6 +22,9 @@ export interface CropRect {
   width: number;
   height: number;
 }
+
+/** Preview JPEGs per second: enough for the status page and event snapshots, cheap to encode. */
+export const DEFAULT_PREVIEW_FPS = 1;
 
 export interface PreviewOptions {
   /** JPEGs per second (default 2). */
@@ -84,14 +88,8 @@ export function frameByteLength(options: Pick<FfmpegArgsOptions, 'width' | 'heig
   return options.width * options.height * channelsOf(options.pixelFormat ?? 'gray');
 }
 
-export function classifyInput(url: string): InputKind {
-  const scheme = /^([a-z][a-z0-9+.-]+):\/\//i.exec(url)?.[1]?.toLowerCase();
-  if (scheme === undefined) return /^\/dev\/video\d+$/.test(url) ? 'device' : 'file';
-  if (scheme === 'rtsp' || scheme === 'rtsps') return 'rtsp';
-  if (scheme === 'http' || scheme === 'https') return 'http';
-  if (scheme === 'file') return 'file';
-  return 'stream';
-}
+/** The config's own classifier, so a URL the config accepted as a file is opened as one. */
+export const classifyInput: (url: string) => InputKind = sourceKind;
 
 /**
  * Keeps the first frame of each 1/fps slot of stream time. Unlike ffmpeg's `fps` filter it never duplicates a
@@ -144,7 +142,7 @@ export function buildFfmpegArgs(options: FfmpegArgsOptions): string[] {
     args.push('-filter_complex', `[0:v:0]${frameFilter}[frames]`);
   } else {
     const previewFilter = [
-      rateCapFilter(preview.fps ?? 2),
+      rateCapFilter(preview.fps ?? DEFAULT_PREVIEW_FPS),
       // out_range=full + yuv420p + -strict unofficial: full-range JPEG without the deprecated yuvj420p warnings.
       `scale='min(${preview.maxWidth ?? 640},iw)':-2:out_range=full`,
       'format=yuv420p',
@@ -191,7 +189,7 @@ function inputKindArgs(kind: InputKind, options: FfmpegArgsOptions): string[] {
     case 'http':
     case 'stream':
       return ['-rw_timeout', timeoutUs];
-    case 'device': {
+    case 'v4l2': {
       const device = options.device ?? {};
       const args = ['-f', 'v4l2'];
       if (device.inputFormat !== undefined) args.push('-input_format', device.inputFormat);
@@ -209,7 +207,7 @@ function inputKindArgs(kind: InputKind, options: FfmpegArgsOptions): string[] {
 }
 
 function validateArgsOptions(options: FfmpegArgsOptions): void {
-  const where = `camera source ${scrubCredentials(options.url)}`;
+  const where = `camera source ${scrubSecrets(options.url)}`;
   if (options.url.trim() === '') {
     throw new UsageError('camera url is empty', { hint: 'set url to an rtsp:// or http:// URL, a /dev/videoN device or a video file' });
   }

@@ -1,19 +1,13 @@
 /** Reading ffmpeg's stderr (run with `-loglevel level+info`): credentials scrubbed, last lines kept, facts extracted. */
+import { scrubSecrets } from '../redact.js';
 
 export interface SourceSize {
   width: number;
   height: number;
 }
 
-/**
- * Hide credentials before text reaches logs: `scheme://user:pass@` becomes `scheme://***@`, and
- * password/token-like query parameters become `name=***`.
- */
-export function scrubCredentials(text: string): string {
-  return text
-    .replace(/([a-z][a-z0-9+.-]*:\/\/)[^\s/@'"]+@/gi, '$1***@')
-    .replace(/([?&;](?:password|passwd|pass|pwd|token|auth|key|apikey|api_key|secret)=)[^&\s'"]*/gi, '$1***');
-}
+// camera.ts and decode.ts take the scrubber from here: it is the one in src/redact.ts, under its old name.
+export { scrubSecrets as scrubCredentials } from '../redact.js';
 
 /** Bounds the partial line kept between chunks, should ffmpeg ever print without newlines. */
 const MAX_PARTIAL_LINE = 4096;
@@ -32,7 +26,7 @@ export class LineRing {
     const completed: string[] = [];
     for (const part of parts) {
       if (part.trim() === '') continue;
-      const line = scrubCredentials(part);
+      const line = scrubSecrets(part);
       completed.push(line);
       this.ring.push(line);
       if (this.ring.length > this.capacity) this.ring.shift();

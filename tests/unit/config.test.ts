@@ -14,11 +14,11 @@ import {
   deviceIdFromHostname,
   loadConfig,
   parseConfig,
-  redactUrl,
   resolveCameras,
   type ConfigOptions,
 } from '../../src/config/index.js';
 import { UsageError } from '../../src/errors.js';
+import { scrubSecrets } from '../../src/redact.js';
 import { EventTracker } from '../../src/scoring/events.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -127,7 +127,7 @@ describe('example configs', () => {
     expect(camera!.url).toBe('rtsp://viewer:pa:ss@word@192.168.1.64:554/Streaming/Channels/102');
     expect(camera!.kind).toBe('rtsp');
     expect(camera!.threshold).toEqual({ mode: 'fpr', value: 0.01 });
-    expect(redactUrl(camera!.url)).toBe('rtsp://viewer:***@192.168.1.64:554/Streaming/Channels/102');
+    expect(scrubSecrets(camera!.url)).toBe('rtsp://***@192.168.1.64:554/Streaming/Channels/102');
   });
 
   it('rtsp-camera without its credentials folder or camera password says which are missing', async () => {
@@ -215,7 +215,7 @@ describe('defaults', () => {
         transport: 'tcp',
         socketTimeoutS: 5,
         stallTimeoutS: 10,
-        backoff: { initialS: 1, maxS: 60 },
+        backoff: { initialS: 1, maxS: 30 },
         hwaccel: 'none',
         inputArgs: [],
         outputArgs: [],
@@ -330,7 +330,7 @@ cameras:
     ).toEqual([
       'cameras.0.debounce.k: must not exceed n (4)',
       'cameras.1.threshold.value: mode manifest takes no value (use mode absolute or fpr)',
-      'cameras.2.backoff.initialS: must not exceed maxS (60)',
+      'cameras.2.backoff.initialS: must not exceed maxS (30)',
     ]);
   });
 
@@ -360,8 +360,9 @@ cameras:
     expect(classifySource('rtsp://')).toEqual({ error: 'rtsp URL without a host: rtsp://' });
     expect(classifySource('http://[bad')).toEqual({ error: 'not a valid URL: http://[bad' });
     expect(classifySource('rtmp://x/y')).toEqual({ error: expect.stringContaining('unsupported URL scheme "rtmp:"') });
-    expect(redactUrl('rtsp://admin:p@ss@cam:554/s')).toBe('rtsp://admin:***@cam:554/s');
-    expect(redactUrl('rtsp://cam:554/s')).toBe('rtsp://cam:554/s');
+    expect(classifySource('file:///videos/a.mp4')).toEqual({ error: expect.stringContaining('unsupported URL scheme "file:"') });
+    expect(classifySource('/dev/sda')).toEqual({ error: expect.stringContaining('only V4L2 devices') });
+    expect(classifySource('rtsp:/admin:pw@cam/s')).toEqual({ error: 'rtsp URL without a host: rtsp:/***@cam/s' });
   });
 
   it('a missing config file is a usage error (exit code 2) with a hint', async () => {
@@ -521,9 +522,9 @@ describe('linewatch validate-config', () => {
     expect(code).toBe(0);
     const lines = out.split('\n');
     expect(lines[0]).toBe(`ok: ${file}`);
-    expect(out).toContain('broker: mqtt://user:***@broker:1883 (MQTT 3.1.1, user u, password set)');
+    expect(out).toContain('broker: mqtt://***@broker:1883 (MQTT 3.1.1, user u, password set)');
     expect(out).toContain('cameras (2):');
-    expect(out).toContain(`  gate: rtsp rtsp://admin:***@10.0.0.9/s (hwaccel vaapi); model ${model} int8 on cpu; 10 fps; threshold from the model; events after 3 of 5 frames`);
+    expect(out).toContain(`  gate: rtsp rtsp://***@10.0.0.9/s (hwaccel vaapi); model ${model} int8 on cpu; 10 fps; threshold from the model; events after 3 of 5 frames`);
     expect(out).toContain(`  clip: file ${video} (loop)`);
     expect(out).not.toContain('secret');
   });
