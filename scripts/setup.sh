@@ -12,6 +12,8 @@ packages=(
   # used by the tests: ps/pgrep (no orphaned ffmpeg), openssl (TLS broker certificates),
   # systemd-notify and systemd-analyze (the service's readiness and unit checks; systemd is not started)
   procps openssl systemd
+  # libfaketime: tests/faults/clock-step.test.ts steps the agent's wall clock back as NTP would
+  faketime
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -2,8 +2,11 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ModelError, UsageError } from '../errors.js';
-import { FrameScorer } from '../scoring/frame.js';
-import { MANIFEST_FILE, readManifest, VARIANTS, type Calibration, type Manifest, type Variant } from './manifest.js';
+import { normaliseInput } from '../image/normalise.js';
+import type { ImageTensor } from '../image/tensor.js';
+import { FrameScorer, MIN_COMPONENT_STD, type FrameScore } from '../scoring/frame.js';
+import { allFinite } from './infer.js';
+import { MANIFEST_FILE, MODEL_IO, readManifest, VARIANTS, type Calibration, type Manifest, type Variant } from './manifest.js';
 import { OnnxModel } from './onnx.js';
 import type { InferenceModel } from './types.js';
 
@@ -16,7 +19,7 @@ export interface LoadedBundle {
   readonly memory: Float32Array;
   readonly calibration: Calibration | undefined;
   readonly scorer: FrameScorer;
-  /** Milliseconds the warm-up run took. */
+  /** Milliseconds the warm-up run (a synthetic frame scored end to end) took. */
   readonly warmUpMs: number;
   dispose(): Promise<void>;
 }
@@ -69,8 +72,10 @@ export async function loadBundle(dir: string, options: LoadBundleOptions = {}): 
         hint: 'the bundle mixes files of different models: retrain it',
       });
     }
-    const warmUpMs = await model.warmUp();
+    const manifestFile = path.join(dir, MANIFEST_FILE);
+    assertUsableNormalisation(manifest, manifestFile);
     const scorer = new FrameScorer(manifest.scoring, memory, architecture.latentDim);
+    const warmUpMs = await warmUpAndCheckScores(model, manifest, scorer, path.join(dir, modelName), manifestFile);
     return {
       dir,
       manifest,
@@ -112,7 +117,111 @@ async function readMemory(dir: string, manifest: Manifest, variant: Variant): Pr
   // Copy into a fresh, aligned buffer: Buffers from readFile may share a pool at an odd offset.
   const memory = new Float32Array(bytes.length / 4);
   new Uint8Array(memory.buffer).set(bytes);
+  if (!allFinite(memory)) {
+    // One NaN code poisons the whitening statistics, and with them every latent distance.
+    const first = memory.findIndex((value) => !Number.isFinite(value));
+    throw new ModelError(
+      `${file} holds ${describeNonFinite(memory)} (first in training code ${Math.floor(first / manifest.architecture.latentDim)}): latent novelty would be NaN for every frame`,
+      { file, hint: `${NON_FINITE_WEIGHTS}: retrain the bundle (\`linewatch train\`), or re-export it from a model that scores` },
+    );
+  }
   return memory;
+}
+
+/** Why a model or its codes hold NaN or Infinity; the hints finish it with what to do. */
+const NON_FINITE_WEIGHTS = 'training diverged, or the file was damaged';
+
+/**
+ * Refuses normalisation constants that no training run writes (componentStats floors std at
+ * MIN_COMPONENT_STD): a smaller std turns every z-score into ±Infinity, which the schema's "std > 0" lets through.
+ */
+function assertUsableNormalisation(manifest: Manifest, manifestFile: string): void {
+  for (const [component, stats] of Object.entries(manifest.scoring.normalisation)) {
+    if (stats === undefined || stats.std >= MIN_COMPONENT_STD) continue;
+    throw new ModelError(
+      `${manifestFile}: scoring.normalisation.${component}.std is ${stats.std}, below ${MIN_COMPONENT_STD}: every ${component} z-score, (value - mean) / std, would overflow to ±Infinity`,
+      {
+        file: manifestFile,
+        hint: 'training never writes a std this small, so the manifest was edited or damaged: restore manifest.json from the original bundle, or retrain it (`linewatch train`)',
+      },
+    );
+  }
+}
+
+/**
+ * The warm-up: one synthetic frame run through the model and scored exactly as the agent scores frames.
+ * A NaN weight or an out-of-range normalisation constant makes every frame's score non-finite; caught
+ * here, that is one clear refusal at start instead of a failure per frame.
+ */
+async function warmUpAndCheckScores(model: OnnxModel, manifest: Manifest, scorer: FrameScorer, modelFile: string, manifestFile: string): Promise<number> {
+  const image = normaliseInput(warmUpFrame(manifest.input.width, manifest.input.height, manifest.input.channels), manifest.input.normalisation);
+  const started = performance.now();
+  const outputs = await model.run(image.data, 1);
+  const warmUpMs = performance.now() - started;
+  const tensors: [string, Float32Array | undefined][] = [
+    [MODEL_IO.recon, outputs.recon],
+    [MODEL_IO.mu, outputs.mu],
+    [MODEL_IO.map, outputs.map],
+  ];
+  for (const [name, values] of tensors) {
+    if (values === undefined || allFinite(values)) continue;
+    throw new ModelError(`${modelFile} outputs ${describeNonFinite(values)} in '${name}' for the warm-up frame, so frames cannot be scored`, {
+      file: modelFile,
+      hint: `its weights hold NaN or Infinity (${NON_FINITE_WEIGHTS}): retrain the bundle (\`linewatch train\`), or re-export it from a model that scores`,
+    });
+  }
+  const result = scorer.score(image, outputs.recon, outputs.mu, undefined, outputs.map);
+  if (!Number.isFinite(result.score)) throw nonFiniteScoreError(result, manifest, manifestFile);
+  return warmUpMs;
+}
+
+/** Names the constant that turned finite model outputs into a non-finite score. */
+function nonFiniteScoreError(result: FrameScore, manifest: Manifest, manifestFile: string): ModelError {
+  const { scorer, normalisation } = manifest.scoring;
+  const used = scorer === 'hybrid' ? (['recon', 'latent'] as const) : ([scorer] as const);
+  const hint = 'the scoring constants are out of range: restore manifest.json from the original bundle, or retrain it (`linewatch train`), which measures them on held-out images';
+  for (const component of used) {
+    const raw = result[component];
+    const stats = normalisation[component];
+    if (!Number.isFinite(raw)) {
+      return new ModelError(`${manifestFile}: the warm-up frame scores ${result.score}: its raw ${component} component is ${raw}`, { file: manifestFile, hint });
+    }
+    if (stats !== undefined && !Number.isFinite((raw - stats.mean) / stats.std)) {
+      return new ModelError(
+        `${manifestFile}: the warm-up frame scores ${result.score}: its ${component} component ${raw} normalised with scoring.normalisation.${component} (mean ${stats.mean}, std ${stats.std}) is not finite`,
+        { file: manifestFile, hint },
+      );
+    }
+  }
+  return new ModelError(`${manifestFile}: the warm-up frame scores ${result.score} (recon ${result.recon}, latent ${result.latent}): the sum of the normalised components overflows`, {
+    file: manifestFile,
+    hint,
+  });
+}
+
+/** Textured (gradient plus waves) rather than flat, so normalisation and the error map see camera-like input. */
+function warmUpFrame(width: number, height: number, channels: 1 | 3): ImageTensor {
+  const plane = width * height;
+  const data = new Float32Array(plane * channels);
+  for (let c = 0; c < channels; c++) {
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        data[c * plane + y * width + x] = 0.45 + 0.2 * (x / width) + 0.15 * Math.sin(0.7 * x + c) * Math.cos(0.5 * y);
+      }
+    }
+  }
+  return { width, height, channels, data };
+}
+
+function describeNonFinite(values: Float32Array): string {
+  let nan = 0;
+  let infinite = 0;
+  for (const value of values) {
+    if (Number.isNaN(value)) nan += 1;
+    else if (!Number.isFinite(value)) infinite += 1;
+  }
+  const kinds = [nan > 0 ? `${nan} NaN` : '', infinite > 0 ? `${infinite} infinite` : ''].filter(Boolean).join(' and ');
+  return `${kinds} of ${values.length} values`;
 }
 
 export interface BundleContents {

@@ -44,3 +44,14 @@ export function packRows(rows: readonly Float32Array[]): Float32Array {
   rows.forEach((row, i) => packed.set(row, i * dim));
   return packed;
 }
+
+/**
+ * False if any value is NaN or ±Infinity. One pass, no allocation: cheap enough to run on every
+ * model output, where a single NaN weight turns whole tensors into NaN.
+ */
+export function allFinite(values: ArrayLike<number>): boolean {
+  for (let i = 0; i < values.length; i++) {
+    if (!Number.isFinite(values[i]!)) return false;
+  }
+  return true;
+}

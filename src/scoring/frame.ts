@@ -1,6 +1,6 @@
 import { ModelError } from '../errors.js';
 import type { ImageTensor } from '../image/tensor.js';
-import type { ScoringSettings } from '../model/manifest.js';
+import type { ScoringSettings } from './settings.js';
 import { latentNovelty } from './latent.js';
 import { gaussianBlur, ignoredPixels, pool, squaredErrorMap, ssimErrorMap, zeroIgnored } from './maps.js';
 

@@ -1,4 +1,4 @@
-import type { Calibration } from '../model/manifest.js';
+import type { Calibration } from './settings.js';
 import { labelRegions } from './region.js';
 
 /**

@@ -1,5 +1,5 @@
 import { UsageError } from '../errors.js';
-import type { Calibration } from '../model/manifest.js';
+import type { Calibration } from './settings.js';
 import { describeCalibration } from './metrics.js';
 
 export interface ThresholdSetting {

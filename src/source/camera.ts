@@ -2,6 +2,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
 
+import { systemClock, type Clock, type Timer } from '../clock.js';
 import { UsageError } from '../errors.js';
 import { DEFAULT_BACKOFF, backoffDelayMs, type BackoffOptions } from './backoff.js';
 import { buildFfmpegArgs, channelsOf, classifyInput, frameByteLength, PREVIEW_FD, type FfmpegArgsOptions } from './ffmpeg-args.js';
@@ -23,8 +24,10 @@ export interface CameraStatusChange {
   previous: CameraStatus;
   /** Human-readable, credentials scrubbed, e.g. "ffmpeg exited with code 1: rtsp://***@cam/1: Connection refused". */
   reason: string;
-  /** ms since the epoch. */
+  /** ms since the epoch: for people (payloads, logs); it jumps when NTP steps the clock. */
   at: number;
+  /** `clock.monotonic()` at the change: for ordering and durations (never goes back). */
+  monotonicAt: number;
   /** Set while reconnecting: when the next attempt starts. */
   retryInMs?: number;
 }
@@ -34,8 +37,13 @@ export interface Frame {
   cameraId: string;
   /** Increases by one per frame read, across ffmpeg restarts; a gap seen by the consumer means dropped frames. */
   seq: number;
-  /** When the whole frame had been read from ffmpeg (ms since the epoch). */
+  /** When the whole frame had been read from ffmpeg (ms since the epoch): for payloads only, it jumps when NTP steps the clock. */
   capturedAt: number;
+  /**
+   * `clock.monotonic()` when the whole frame had been read: what orders frames, debounces and measures
+   * durations, since it never goes back.
+   */
+  monotonicAt: number;
   width: number;
   height: number;
   channels: 1 | 3;
@@ -44,7 +52,10 @@ export interface Frame {
 
 /** A JPEG of the whole source frame (not cropped), for event snapshots. */
 export interface PreviewImage {
+  /** ms since the epoch. */
   capturedAt: number;
+  /** `clock.monotonic()` when it was read; what previewNear() matches on. */
+  monotonicAt: number;
   jpeg: Uint8Array;
 }
 
@@ -53,9 +64,15 @@ export interface CameraCounters {
   /** Frames never handed to the consumer: evicted from a full queue, or skipped by takeLatest(). */
   framesDropped: number;
   restarts: number;
+  /** ms since the epoch, for display. */
   lastFrameAt: number | undefined;
+  /** `clock.monotonic()` of the last frame: compare with clock.monotonic() for its age, which a clock step cannot fake. */
+  lastFrameMonotonicAt: number | undefined;
   previewsIn: number;
 }
+
+/** Frames waiting for inference: two keep the model busy without scoring stale frames after a hiccup. */
+export const DEFAULT_QUEUE_CAPACITY = 2;
 
 export interface CameraSourceEvents {
   /** A frame was queued: take it with take() / takeLatest(). */
@@ -99,21 +116,31 @@ export interface CameraSourceOptions extends FfmpegArgsOptions {
   log?: SourceLogger;
   /** Jitter source, injectable for tests. */
   random?: () => number;
+  /**
+   * Timers and timestamps (default systemClock). Stall detection, backoff and the stable-run reset use its
+   * monotonic time, so an NTP step of the wall clock neither fakes a stall nor resets the backoff.
+   */
+  clock?: Clock;
 }
 
 interface Run {
   child: ChildProcess;
+  /** clock.monotonic() */
   startedAt: number;
+  /** clock.monotonic() */
   firstFrameAt?: number;
   /** Set when we killed the process on purpose (stall): it explains the exit better than the exit code. */
   killReason?: string;
-  killTimer?: NodeJS.Timeout;
+  killTimer?: Timer;
   pausedByQueue: boolean;
   finished: boolean;
   sizeParser: SourceSizeParser;
   closed: Promise<void>;
   markClosed: () => void;
 }
+
+/** ffmpeg stderr lines quoted in the warning that announces a failure. */
+const FAILURE_LOG_LINES = 20;
 
 /** Marks the start of each process in the stderr ring, so a failure is explained by its own lines only. */
 const RUN_MARKER = '--- ffmpeg started';
@@ -159,6 +186,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
   private readonly previewKeep: number;
   private readonly log: SourceLogger;
   private readonly random: () => number;
+  private readonly clock: Clock;
   private readonly endsAtEndOfInput: boolean;
   private readonly previewEnabled: boolean;
 
@@ -171,8 +199,8 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
 
   private running = false;
   private run: Run | undefined;
-  private watchdog: NodeJS.Timeout | undefined;
-  private restartTimer: NodeJS.Timeout | undefined;
+  private watchdog: Timer | undefined;
+  private restartTimer: Timer | undefined;
   private attempt = 0;
   /** Bumped by start() and stop(), so a start() that awaited across a stop() does not spawn. */
   private generation = 0;
@@ -181,7 +209,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
   private statusValue: CameraStatus = 'offline';
   private reasonValue = 'not started';
   private sourceSizeValue: SourceSize | undefined;
-  private readonly counters: CameraCounters = { framesIn: 0, framesDropped: 0, restarts: 0, lastFrameAt: undefined, previewsIn: 0 };
+  private readonly counters: CameraCounters = { framesIn: 0, framesDropped: 0, restarts: 0, lastFrameAt: undefined, lastFrameMonotonicAt: undefined, previewsIn: 0 };
 
   /** Throws UsageError for invalid options; nothing after construction throws. */
   constructor(options: CameraSourceOptions) {
@@ -212,11 +240,12 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
         hint: `raise stallTimeoutMs to at least ${Math.ceil(2000 / options.fps)}`,
       });
     }
-    this.queue = new FrameQueue<Frame>(positiveOption(options, 'queueCapacity', 4, true), options.overflow ?? 'drop-oldest');
+    this.queue = new FrameQueue<Frame>(positiveOption(options, 'queueCapacity', DEFAULT_QUEUE_CAPACITY, true), options.overflow ?? 'drop-oldest');
     this.framer = new FixedSizeFramer(this.frameBytes);
     this.stderrRing = new LineRing(positiveOption(options, 'stderrLines', 50, true));
     this.log = options.log ?? (() => {});
     this.random = options.random ?? Math.random;
+    this.clock = options.clock ?? systemClock;
     this.endsAtEndOfInput = classifyInput(options.url) === 'file' && options.loop !== true;
     this.previewEnabled = options.preview !== undefined && options.preview !== false;
   }
@@ -272,7 +301,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
   async stop(): Promise<void> {
     this.running = false;
     this.generation += 1;
-    clearTimeout(this.restartTimer);
+    this.clock.clearTimeout(this.restartTimer);
     this.restartTimer = undefined;
     this.clearWatchdog();
     const run = this.run;
@@ -315,11 +344,15 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     }
   }
 
-  /** The kept preview JPEG taken closest to `timestampMs` (the newer one on a tie). */
-  previewNear(timestampMs: number): PreviewImage | undefined {
+  /**
+   * The kept preview JPEG taken closest to `monotonicMs` (the newer one on a tie). `monotonicMs` is on the
+   * source's monotonic clock, like `Frame.monotonicAt`, not wall-clock time: a wall clock stepped between
+   * the frame and its previews would otherwise pick the wrong picture.
+   */
+  previewNear(monotonicMs: number): PreviewImage | undefined {
     let best: PreviewImage | undefined;
     for (const preview of this.previews) {
-      if (best === undefined || Math.abs(preview.capturedAt - timestampMs) <= Math.abs(best.capturedAt - timestampMs)) best = preview;
+      if (best === undefined || Math.abs(preview.monotonicAt - monotonicMs) <= Math.abs(best.monotonicAt - monotonicMs)) best = preview;
     }
     return best;
   }
@@ -342,7 +375,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     const closed = new Promise<void>((resolve) => {
       markClosed = resolve;
     });
-    const run: Run = { child, startedAt: Date.now(), pausedByQueue: false, finished: false, sizeParser: new SourceSizeParser(), closed, markClosed };
+    const run: Run = { child, startedAt: this.clock.monotonic(), pausedByQueue: false, finished: false, sizeParser: new SourceSizeParser(), closed, markClosed };
     this.run = run;
 
     child.once('error', (error) => {
@@ -375,9 +408,10 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     if (run !== this.run || !this.running) return;
     const frames = this.framer.push(chunk);
     if (frames.length === 0) return;
-    const now = Date.now();
+    const now = this.clock.now();
+    const monotonicNow = this.clock.monotonic();
     if (run.firstFrameAt === undefined) {
-      run.firstFrameAt = now;
+      run.firstFrameAt = monotonicNow;
       this.setStatus('streaming', 'receiving frames');
     }
     this.armWatchdog(run, this.stallTimeoutMs, `no frame for ${seconds(this.stallTimeoutMs)} (stalled)`);
@@ -385,7 +419,8 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
       this.seq += 1;
       this.counters.framesIn += 1;
       this.counters.lastFrameAt = now;
-      const frame: Frame = { cameraId: this.id, seq: this.seq, capturedAt: now, width: this.width, height: this.height, channels: this.channels, data };
+      this.counters.lastFrameMonotonicAt = monotonicNow;
+      const frame: Frame = { cameraId: this.id, seq: this.seq, capturedAt: now, monotonicAt: monotonicNow, width: this.width, height: this.height, channels: this.channels, data };
       const waiter = this.waiters.shift();
       if (waiter !== undefined) {
         waiter(frame);
@@ -428,7 +463,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
   private onPreviewBytes(run: Run, chunk: Buffer): void {
     if (run !== this.run || !this.running) return;
     for (const jpeg of this.jpegs.push(chunk)) {
-      const preview: PreviewImage = { capturedAt: Date.now(), jpeg };
+      const preview: PreviewImage = { capturedAt: this.clock.now(), monotonicAt: this.clock.monotonic(), jpeg };
       this.previews.push(preview);
       if (this.previews.length > this.previewKeep) this.previews.shift();
       this.counters.previewsIn += 1;
@@ -438,7 +473,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
 
   private armWatchdog(run: Run, timeoutMs: number, reason: string): void {
     this.clearWatchdog();
-    this.watchdog = setTimeout(() => {
+    this.watchdog = this.clock.setTimeout(() => {
       if (run !== this.run || run.finished || !this.running) return;
       run.killReason = reason;
       this.terminate(run);
@@ -446,7 +481,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
   }
 
   private clearWatchdog(): void {
-    clearTimeout(this.watchdog);
+    this.clock.clearTimeout(this.watchdog);
     this.watchdog = undefined;
   }
 
@@ -455,14 +490,14 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     // A paused stdout would hold back 'close' forever; what is still in the pipe is discarded unread.
     run.child.stdout?.resume();
     run.child.kill('SIGTERM');
-    run.killTimer = setTimeout(() => run.child.kill('SIGKILL'), this.stopGraceMs);
+    run.killTimer = this.clock.setTimeout(() => run.child.kill('SIGKILL'), this.stopGraceMs);
   }
 
   /** The one place a run ends, whether ffmpeg exited, was killed, or never started. */
   private finishRun(run: Run, spawnFailure?: string, code?: number | null, signal?: NodeJS.Signals | null): void {
     if (run.finished) return;
     run.finished = true;
-    clearTimeout(run.killTimer);
+    this.clock.clearTimeout(run.killTimer);
     liveChildren.delete(run.child);
     for (const line of this.stderrRing.flush()) this.observeLogLine(run, line);
     if (run === this.run) {
@@ -472,7 +507,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     run.markClosed();
     if (!this.running) return;
 
-    if (run.firstFrameAt !== undefined && Date.now() - run.firstFrameAt >= this.stableAfterMs) this.attempt = 0;
+    if (run.firstFrameAt !== undefined && this.clock.monotonic() - run.firstFrameAt >= this.stableAfterMs) this.attempt = 0;
     if (run.firstFrameAt !== undefined) this.lastFailureReason = undefined;
     if (spawnFailure === undefined && code === 0 && run.killReason === undefined && this.endsAtEndOfInput) {
       this.running = false;
@@ -485,7 +520,11 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     const reason = spawnFailure ?? run.killReason ?? this.describeExit(code ?? null, signal ?? null);
     // A camera that stays down fails the same way on every retry: its stderr is worth logging once.
     if (reason !== this.lastFailureReason) {
-      this.log('warn', `camera ${this.id}: ${reason}; ffmpeg's last lines follow`, { stderr: this.currentRunLines().slice(-20) });
+      const stderr = this.currentRunLines().slice(-FAILURE_LOG_LINES);
+      // In the message itself: the agent's logger takes a string only, so lines passed beside it were lost.
+      // Joined on one line so journald keeps the time and level on all of them.
+      const tail = stderr.length === 0 ? 'ffmpeg printed nothing' : `ffmpeg's last lines: ${stderr.join(' | ')}`;
+      this.log('warn', `camera ${this.id}: ${reason}; ${tail}`, { stderr });
     }
     this.lastFailureReason = reason;
     this.scheduleRestart(reason);
@@ -515,7 +554,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     const delay = backoffDelayMs(this.attempt, this.backoff, this.random);
     this.attempt += 1;
     this.setStatus('reconnecting', reason, delay);
-    this.restartTimer = setTimeout(() => {
+    this.restartTimer = this.clock.setTimeout(() => {
       this.restartTimer = undefined;
       if (!this.running) return;
       this.counters.restarts += 1;
@@ -528,7 +567,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     const previous = this.statusValue;
     this.statusValue = status;
     this.reasonValue = reason;
-    const change: CameraStatusChange = { cameraId: this.id, status, previous, reason, at: Date.now() };
+    const change: CameraStatusChange = { cameraId: this.id, status, previous, reason, at: this.clock.now(), monotonicAt: this.clock.monotonic() };
     if (retryInMs !== undefined) change.retryInMs = retryInMs;
     this.log('info', `camera ${this.id}: ${status} (${reason}${retryInMs === undefined ? '' : `; retry in ${seconds(retryInMs)}`})`);
     this.notify('status', change);

@@ -88,7 +88,7 @@ describe.skipIf(!haveVideo || !haveFfmpeg)('CameraSource on a file (real ffmpeg)
       overflow: 'pause',
     });
     const previewTimes: number[] = [];
-    source.on('preview', (preview) => previewTimes.push(preview.capturedAt));
+    source.on('preview', (preview) => previewTimes.push(preview.monotonicAt));
     await source.start();
     let count = 0;
     for await (const frame of source) {
@@ -104,7 +104,7 @@ describe.skipIf(!haveVideo || !haveFfmpeg)('CameraSource on a file (real ffmpeg)
     expect([metadata.format, metadata.width, metadata.height]).toEqual(['jpeg', 320, 180]);
     // Only the last three are kept: asking for the first one's time gets the oldest kept one.
     const kept = previewTimes.slice(-3);
-    expect(source.previewNear(previewTimes[0] ?? 0)?.capturedAt).toBe(kept[0]);
+    expect(source.previewNear(previewTimes[0] ?? 0)?.monotonicAt).toBe(kept[0]);
     expect(source.previewNear((kept[2] ?? 0) + 60_000)).toBe(latest);
   });
 
@@ -234,6 +234,7 @@ describe.skipIf(!haveFfmpeg)('CameraSource failures (real ffmpeg)', () => {
     const failureLogs = logged.filter((entry) => entry.level === 'warn');
     expect(failureLogs).toHaveLength(1);
     expect(String(failureLogs[0]?.fields?.stderr)).toContain('Connection refused');
+    expect(failureLogs[0]?.message).toContain(`ffmpeg's last lines: `);
     expect(JSON.stringify(logged)).not.toContain('secret');
     await source.stop();
     expect(source.status).toBe('offline');
