@@ -20,6 +20,7 @@ export class AgentMetrics {
 
   readonly #framesIn: Counter<'camera'>;
   readonly #framesScored: Counter<'camera'>;
+  readonly #scoringFailures: Counter<'camera'>;
   readonly #framesDropped: Counter<'camera'>;
   readonly #ffmpegRestarts: Counter<'camera'>;
   readonly #cameraUp: Gauge<'camera'>;
@@ -29,12 +30,22 @@ export class AgentMetrics {
   readonly #eventMessages: Counter<'camera' | 'type'>;
   readonly #mqttConnected: Gauge;
   readonly #mqttOutboxSize: Gauge;
+  readonly #mqttEventsDropped: Counter;
+  readonly #mqttOutboxDurable: Gauge;
+  /** The publisher's running total at the last mqtt() call: the counter grows by the difference. */
+  #mqttDroppedSeen = 0;
 
   constructor(options: AgentMetricsOptions = {}) {
     const registers = [this.registry];
     if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
     this.#framesIn = new Counter({ name: 'linewatch_frames_in_total', help: 'Frames decoded by ffmpeg and received.', labelNames: ['camera'], registers });
     this.#framesScored = new Counter({ name: 'linewatch_frames_scored_total', help: 'Frames scored by the model.', labelNames: ['camera'], registers });
+    this.#scoringFailures = new Counter({
+      name: 'linewatch_scoring_failures_total',
+      help: 'Frames that could not be scored (inference failed or the score was not a finite number).',
+      labelNames: ['camera'],
+      registers,
+    });
     this.#framesDropped = new Counter({
       name: 'linewatch_frames_dropped_total',
       help: 'Frames dropped because scoring fell behind (the queue keeps the newest).',
@@ -60,6 +71,17 @@ export class AgentMetrics {
     });
     this.#mqttConnected = new Gauge({ name: 'linewatch_mqtt_connected', help: '1 while connected to the MQTT broker, else 0.', registers });
     this.#mqttOutboxSize = new Gauge({ name: 'linewatch_mqtt_outbox_size', help: 'Event messages waiting for the broker to acknowledge them.', registers });
+    this.#mqttEventsDropped = new Counter({
+      name: 'linewatch_mqtt_events_dropped_total',
+      help: 'Event messages dropped, never to be delivered, because the outbox reached its bound (the broker was away too long).',
+      registers,
+    });
+    this.#mqttOutboxDurable = new Gauge({
+      name: 'linewatch_mqtt_outbox_durable',
+      help: '1 while the MQTT outbox is written to dataDir; 0 while it cannot be (full or read-only disk) and events wait in memory only.',
+      registers,
+    });
+    this.#mqttOutboxDurable.set(1);
   }
 
   /**
@@ -69,6 +91,7 @@ export class AgentMetrics {
   addCamera(camera: string, threshold?: number): void {
     this.#framesIn.inc({ camera }, 0);
     this.#framesScored.inc({ camera }, 0);
+    this.#scoringFailures.inc({ camera }, 0);
     this.#framesDropped.inc({ camera }, 0);
     this.#ffmpegRestarts.inc({ camera }, 0);
     this.#cameraUp.set({ camera }, 0);
@@ -82,6 +105,10 @@ export class AgentMetrics {
   /** `count` newly dropped frames (a delta, not the source's running total). */
   frameDropped(camera: string, count = 1): void {
     this.#framesDropped.inc({ camera }, checkCount(count));
+  }
+
+  scoringFailed(camera: string): void {
+    this.#scoringFailures.inc({ camera });
   }
 
   frameScored(camera: string, score: number, inferenceSeconds: number): void {
@@ -106,9 +133,18 @@ export class AgentMetrics {
     this.#eventMessages.inc({ camera, type });
   }
 
-  mqtt(connected: boolean, outboxSize: number): void {
+  /** `counters.dropped` is the publisher's running total (MqttPublisher.metrics()), not a delta. */
+  mqtt(connected: boolean, outboxSize: number, counters?: { dropped?: number; durable?: boolean }): void {
     this.#mqttConnected.set(connected ? 1 : 0);
     this.#mqttOutboxSize.set(outboxSize);
+    if (counters?.durable !== undefined) this.#mqttOutboxDurable.set(counters.durable ? 1 : 0);
+    const dropped = counters?.dropped;
+    if (dropped !== undefined && Number.isFinite(dropped)) {
+      // A smaller total is a new publisher counting from 0 again: all of it is new.
+      const added = dropped >= this.#mqttDroppedSeen ? dropped - this.#mqttDroppedSeen : dropped;
+      if (added > 0) this.#mqttEventsDropped.inc(added);
+      this.#mqttDroppedSeen = dropped;
+    }
   }
 
   /** The Prometheus text exposition of every metric. */

@@ -1,6 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { Aedes } from 'aedes';
-import { UsageError } from '../errors.js';
+import { LinewatchError, UsageError } from '../errors.js';
 
 export interface EmbeddedBrokerOptions {
   /** Default 127.0.0.1: the demo broker is for this machine only. */
@@ -77,7 +77,8 @@ function closeAedes(aedes: Aedes): Promise<void> {
 function listenError(error: NodeJS.ErrnoException, host: string, port: number): Error {
   const where = `${host}:${port}`;
   if (error.code === 'EADDRINUSE') {
-    return new UsageError(`cannot start the embedded MQTT broker: ${where} is already in use`, {
+    // Exit 1, not 2: a port in use can free itself (a broker restarting), so systemd should try again.
+    return new LinewatchError(`cannot start the embedded MQTT broker: ${where} is already in use`, {
       hint:
         'another MQTT broker (or another linewatch) is listening there: set mqtt.url to use that broker, ' +
         'set mqtt.embeddedBroker.port to a free port, or stop the other process',

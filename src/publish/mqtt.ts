@@ -2,6 +2,10 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from 'mqtt';
 import { UsageError } from '../errors.js';
+import { defaultLogger } from '../log.js';
+import { scrubSecrets } from '../redact.js';
+import { systemClock, type Clock, type Timer } from '../clock.js';
+import { interruptedEnd, OpenEventJournal } from './open-events.js';
 import { DurableOutbox, OUTBOX_DEFAULTS, type OutboxEntry } from './outbox.js';
 import type {
   AnomalyEventPayload,
@@ -45,12 +49,15 @@ export interface MqttPublisherOptions {
   keepaliveSec?: number;
   reconnectPeriodMs?: number;
   connectTimeoutMs?: number;
-  /** The durable outbox lives at `<dataDir>/mqtt-outbox.jsonl`. */
+  /** The durable outbox lives at `<dataDir>/mqtt-outbox.jsonl`, the open events at `<dataDir>/mqtt-open-events.json`. */
   dataDir: string;
   outbox?: { maxEvents?: number; maxBytes?: number; fsync?: boolean };
+  /** While dataDir cannot be written (full, read-only), how often to try again. */
+  diskRetryMs?: number;
+  clock?: Clock;
   /** Events handed to the client before their PUBACK; bounds memory during a replay. */
   maxInFlight?: number;
-  /** Per-camera rate limit of `<base>/<camera>/score`; 0 turns the topic off. */
+  /** Per-camera rate limit of `<base>/<camera>/score` (default 2 Hz, as the config); 0 turns the topic off. */
   scoreMaxRateHz?: number;
   /** Period of `<base>/stats`; 0 turns it off. */
   statsIntervalMs?: number;
@@ -66,12 +73,14 @@ export const MQTT_DEFAULTS = {
   reconnectPeriodMs: 5000,
   connectTimeoutMs: 10_000,
   maxInFlight: 32,
-  scoreMaxRateHz: 0,
+  scoreMaxRateHz: 2,
   statsIntervalMs: 60_000,
   closeTimeoutMs: 3000,
+  diskRetryMs: 5000,
 } as const;
 
 export const OUTBOX_FILE_NAME = 'mqtt-outbox.jsonl';
+export const OPEN_EVENTS_FILE_NAME = 'mqtt-open-events.json';
 
 export interface MqttTopics {
   /** Retained `online` / `offline`; `offline` is the last will. */
@@ -114,14 +123,9 @@ function assertTopicLevel(name: string, what: string): void {
   }
 }
 
-/** The URL without credentials, for log lines. */
+/** The broker URL with its credentials masked, for log lines and the status page (the one scrubber, src/redact.ts). */
 export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    return `${parsed.protocol}//${parsed.host}`;
-  } catch {
-    return url.replace(/\/\/[^@/]*@/, '//');
-  }
+  return scrubSecrets(url);
 }
 
 // Node's codes for certificate and handshake failures.
@@ -186,10 +190,6 @@ function readTlsFile(path: string | undefined, key: string): Buffer | undefined 
   }
 }
 
-const consoleLogger: PublisherLogger = {
-  info: (message) => console.log(message),
-  warn: (message) => console.warn(message),
-};
 
 /**
  * Publishes availability, camera status, events, scores and stats.
@@ -199,6 +199,15 @@ const consoleLogger: PublisherLogger = {
  * down, or never acknowledged before a crash, are delivered later in order
  * (consumers dedupe on `id` + `type` + `at`). Nothing here throws because the
  * broker is unreachable: the agent keeps running and catches up on connect.
+ *
+ * Every event that started is ended for subscribers, even across a crash: the
+ * open-event journal keeps each open event's last message until its end is
+ * safe, and the next run ends what is left there with reason `interrupted`.
+ *
+ * A data folder that cannot be written (full, read-only) does not stop
+ * publishing: events wait in memory (`durable: false` in metrics(), one
+ * warning), the folder is retried every diskRetryMs, and once it can be
+ * written again every pending event is put back on disk (one info line).
  */
 export class MqttPublisher {
   readonly topics: MqttTopics;
@@ -207,6 +216,13 @@ export class MqttPublisher {
   private readonly logger: PublisherLogger;
   private readonly client: MqttClient;
   private readonly outbox: DurableOutbox;
+  private readonly journal: OpenEventJournal;
+  private readonly clock: Clock;
+  /** Outbox seq of an end that is in memory only -> its event id: the journal keeps the event until the end is safe. */
+  private readonly endsNotYetSafe = new Map<number, string>();
+  /** Why dataDir cannot be written; undefined while it can. */
+  private diskFailure: string | undefined;
+  private diskRetry: Timer | undefined;
   private readonly cameraStatuses = new Map<string, CameraStatusPayload>();
   private readonly lastScoreAt = new Map<string, number>();
   private readonly inFlight = new Set<number>();
@@ -227,7 +243,8 @@ export class MqttPublisher {
 
   constructor(options: MqttPublisherOptions) {
     this.options = options;
-    this.logger = options.logger ?? consoleLogger;
+    this.logger = options.logger ?? defaultLogger();
+    this.clock = options.clock ?? systemClock;
     assertTopicLevel(options.deviceId, 'deviceId');
     this.topics = mqttTopics(options.baseTopic ?? `linewatch/${options.deviceId}`);
     this.maxInFlight = Math.max(1, options.maxInFlight ?? MQTT_DEFAULTS.maxInFlight);
@@ -241,8 +258,12 @@ export class MqttPublisher {
       maxBytes: options.outbox?.maxBytes,
       fsync: options.outbox?.fsync ?? true,
       onDrop: (entry) => this.onOutboxDrop(entry, options.outbox),
-      onWriteError: (error) =>
-        this.logger.warn(`MQTT outbox ${this.outboxFile} cannot be written (${error.message}); events are kept in memory only`),
+      // The publisher retries (outbox and journal together), so the outbox keeps no timer of its own.
+      retryMs: 0,
+      clock: this.clock,
+      onDurabilityChange: (durable, reason) => {
+        if (!durable) this.diskFailed(`${this.outboxFile}: ${reason}`);
+      },
     });
     if (this.outbox.recovered > 0) {
       this.logger.info(`MQTT outbox: ${this.outbox.recovered} event(s) from a previous run will be delivered on connect`);
@@ -250,6 +271,11 @@ export class MqttPublisher {
     if (this.outbox.skippedLines > 0) {
       this.logger.warn(`MQTT outbox: skipped ${this.outbox.skippedLines} unreadable line(s) in ${this.outboxFile}`);
     }
+    this.journal = new OpenEventJournal(join(options.dataDir, OPEN_EVENTS_FILE_NAME), options.outbox?.fsync ?? true);
+    if (this.journal.unreadable) {
+      this.logger.warn(`MQTT open events: ignoring ${this.journal.file} (${this.journal.unreadable})`);
+    }
+    this.endInterruptedEvents();
 
     let settle = (): void => undefined;
     const promise = new Promise<void>((resolve) => (settle = resolve));
@@ -294,6 +320,8 @@ export class MqttPublisher {
       outboxSize: this.outbox.size,
       dropped: this.outbox.dropped,
       reconnects: this.reconnects,
+      durable: this.diskFailure === undefined,
+      notDurableReason: this.diskFailure ?? null,
     };
   }
 
@@ -308,7 +336,7 @@ export class MqttPublisher {
    * After close() the event still reaches the outbox file, for the next run.
    */
   publishEvent(event: AnomalyEventPayload): void {
-    this.outbox.add(this.topics.events(event.camera), JSON.stringify(event));
+    this.enqueueEvent(event);
     this.pumpOutbox();
   }
 
@@ -326,7 +354,8 @@ export class MqttPublisher {
   publishScore(camera: string, score: ScorePayload): boolean {
     const maxRateHz = this.options.scoreMaxRateHz ?? MQTT_DEFAULTS.scoreMaxRateHz;
     if (maxRateHz <= 0 || !this.ready) return false;
-    const now = Date.now();
+    // Monotonic: a wall-clock step back must not mute the scores for as long as the step.
+    const now = performance.now();
     const last = this.lastScoreAt.get(camera);
     if (last !== undefined && now - last < 1000 / maxRateHz) return false;
     this.lastScoreAt.set(camera, now);
@@ -365,6 +394,8 @@ export class MqttPublisher {
     if (this.closing) return;
     this.closing = true;
     clearInterval(this.statsTimer);
+    this.clock.clearInterval(this.diskRetry);
+    this.diskRetry = undefined;
     this.firstAttempt.settle();
     const timeoutMs = this.options.closeTimeoutMs ?? MQTT_DEFAULTS.closeTimeoutMs;
     let allAcknowledged = false;
@@ -387,6 +418,8 @@ export class MqttPublisher {
       await withTimeout(this.client.endAsync(!allAcknowledged), timeoutMs, undefined);
       if (!this.client.disconnected) this.client.end(true);
     }
+    // The last chance to put what only memory holds on disk, in case space came back since the last retry.
+    if (this.diskFailure !== undefined) this.retryDisk();
     this.outbox.close();
   }
 
@@ -459,7 +492,103 @@ export class MqttPublisher {
     for (const listener of this.connectionListeners) listener(connected);
   }
 
+  /**
+   * Journal first for a start or update, outbox first for an end: whichever
+   * crash comes in between, no event that went out is left without an end (at
+   * worst the next run ends one whose start never went out, or finds the end
+   * already queued and sends no second one).
+   */
+  private enqueueEvent(event: AnomalyEventPayload): void {
+    const topic = this.topics.events(event.camera);
+    if (event.type !== 'end') {
+      this.journal.record(event);
+      this.persistJournal();
+      this.outbox.add(topic, JSON.stringify(event));
+      return;
+    }
+    const entry = this.outbox.add(topic, JSON.stringify(event));
+    if (!this.journal.has(event.id)) return;
+    if (this.outbox.durable) {
+      this.journal.forget(event.id);
+      this.persistJournal();
+    } else {
+      this.endsNotYetSafe.set(entry.seq, event.id);
+    }
+  }
+
+  /** Ends, before any new event, what a previous run left open (it died mid-event). */
+  private endInterruptedEvents(): void {
+    if (this.journal.leftovers.length === 0) return;
+    const leftovers = new Set(this.journal.leftovers.map((event) => event.id));
+    // A crash between queueing an end and updating the journal leaves the end in the outbox already.
+    for (const entry of this.outbox.entries()) {
+      const queued = parseEvent(entry.payload);
+      if (queued?.type === 'end' && leftovers.delete(queued.id)) this.journal.forget(queued.id);
+    }
+    const ended = this.journal.leftovers.filter((event) => leftovers.has(event.id));
+    for (const event of ended) this.enqueueEvent(interruptedEnd(event));
+    this.persistJournal();
+    if (ended.length > 0) {
+      this.logger.warn(
+        `MQTT: ${ended.length} event(s) were still open when the previous run stopped without ending them; ` +
+          `ending them now with reason interrupted (${ended.map((event) => `${event.camera} ${event.id}`).join(', ')})`,
+      );
+    }
+  }
+
+  private persistJournal(): void {
+    // Memory-only until the retry succeeds: one failing write per retry, not per event.
+    if (this.diskFailure !== undefined) return;
+    try {
+      this.journal.persist();
+    } catch (error) {
+      this.diskFailed(`${this.journal.file}: ${(error as Error).message}`);
+    }
+  }
+
+  /** The first write failure of an episode: say it once, then retry quietly. */
+  private diskFailed(reason: string): void {
+    if (this.diskFailure !== undefined) return;
+    this.diskFailure = reason;
+    const periodMs = Math.max(1, this.options.diskRetryMs ?? MQTT_DEFAULTS.diskRetryMs);
+    this.logger.warn(
+      `MQTT outbox not durable: cannot write ${reason}; events are kept in memory only (a crash now loses them) ` +
+        `and are written to disk again once it can be written (retrying every ${periodMs / 1000} s)`,
+    );
+    if (this.closing) return;
+    this.diskRetry = this.clock.setInterval(() => this.retryDisk(), periodMs);
+    (this.diskRetry as { unref?: () => void }).unref?.();
+  }
+
+  private retryDisk(): void {
+    if (!this.outbox.persist()) return;
+    // Every end that was in memory only is on disk now.
+    for (const id of this.endsNotYetSafe.values()) this.journal.forget(id);
+    this.endsNotYetSafe.clear();
+    try {
+      this.journal.persist();
+    } catch {
+      return;
+    }
+    const reason = this.diskFailure;
+    this.diskFailure = undefined;
+    this.clock.clearInterval(this.diskRetry);
+    this.diskRetry = undefined;
+    this.logger.info(`MQTT outbox durable again: ${this.outbox.size} pending event(s) written to ${this.outboxFile} (had failed: ${reason})`);
+  }
+
+  /** The broker has an end that was in memory only: its event no longer needs the journal. */
+  private settleEnd(seq: number): void {
+    const id = this.endsNotYetSafe.get(seq);
+    if (id === undefined) return;
+    this.endsNotYetSafe.delete(seq);
+    this.journal.forget(id);
+    this.persistJournal();
+  }
+
   private onOutboxDrop(entry: OutboxEntry, bounds: MqttPublisherOptions['outbox']): void {
+    // A dropped end never reaches the broker: the journal keeps its event, for the next run to end.
+    this.endsNotYetSafe.delete(entry.seq);
     // Once per outage is enough to explain the `dropped` counter.
     if (this.dropWarned) return;
     this.dropWarned = true;
@@ -485,6 +614,7 @@ export class MqttPublisher {
         if (error) return; // still in the outbox: the next connect replays it
         this.published++;
         this.outbox.remove(entry.seq);
+        this.settleEnd(entry.seq);
         if (this.outbox.size === 0) this.wakeDrainWaiters();
         this.pumpOutbox();
       });
@@ -515,6 +645,15 @@ export class MqttPublisher {
         resolve();
       }),
     );
+  }
+}
+
+function parseEvent(payload: string): Pick<AnomalyEventPayload, 'type' | 'id'> | undefined {
+  try {
+    const value = JSON.parse(payload) as Partial<AnomalyEventPayload> | null;
+    return typeof value?.type === 'string' && typeof value.id === 'string' ? { type: value.type, id: value.id } : undefined;
+  } catch {
+    return undefined;
   }
 }
 

@@ -54,12 +54,16 @@ export interface MqttCounters {
   dropped: number;
   /** Successful connections after the first one. */
   reconnects: number;
+  /** False while dataDir cannot be written (full, read-only): events wait in memory only and a crash loses them. */
+  durable: boolean;
+  /** Why not durable (the write error); null while durable. */
+  notDurableReason: string | null;
 }
 
 export interface StatsPayload {
   at: string;
   uptimeSec: number;
   rssBytes: number;
-  mqtt: Omit<MqttCounters, 'connected'>;
+  mqtt: Pick<MqttCounters, 'published' | 'outboxSize' | 'dropped' | 'reconnects'>;
   cameras: Record<string, CameraStats>;
 }

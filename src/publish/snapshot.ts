@@ -2,6 +2,7 @@ import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp, { type OverlayOptions } from 'sharp';
 import { LinewatchError, UsageError } from '../errors.js';
+import { defaultLogger } from '../log.js';
 import type { Box, Size } from '../scoring/region.js';
 
 /**
@@ -74,7 +75,7 @@ export class SnapshotStore {
     }
     this.dir = options.dir;
     this.retain = options.retain;
-    this.#warn = options.onWarning ?? ((message) => console.warn(message));
+    this.#warn = options.onWarning ?? ((message) => defaultLogger().warn(message));
   }
 
   /** Where the snapshot of this event is (or will be) written. */

@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { UsageError } from '../../src/errors.js';
+import { LinewatchError, UsageError } from '../../src/errors.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from '../../src/publish/broker.js';
 import { MqttPublisher } from '../../src/publish/mqtt.js';
 import { recordMqtt, type MqttRecorder } from '../helpers/mosquitto.js';
@@ -77,9 +77,12 @@ describe('startEmbeddedBroker (aedes)', () => {
     const port = typeof address === 'object' && address ? address.port : 0;
 
     const attempt = startEmbeddedBroker({ host: '127.0.0.1', port });
-    await expect(attempt).rejects.toBeInstanceOf(UsageError);
-    const error = (await attempt.catch((caught: unknown) => caught)) as UsageError;
+    await expect(attempt).rejects.toBeInstanceOf(LinewatchError);
+    const error = (await attempt.catch((caught: unknown) => caught)) as LinewatchError;
     expect(error.message).toBe(`cannot start the embedded MQTT broker: 127.0.0.1:${port} is already in use`);
+    // Not a usage error (exit 2, which systemd never restarts): the port may free itself.
+    expect(error).not.toBeInstanceOf(UsageError);
+    expect(error.exitCode).toBe(1);
     expect(error.hint).toContain('set mqtt.url');
     expect(error.hint).toContain('stop the other process');
   });

@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import type { MqttClient } from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError } from '../../src/errors.js';
+import { AgentMetrics } from '../../src/health/metrics.js';
 import { MqttPublisher, type MqttPublisherOptions, type PublisherLogger } from '../../src/publish/mqtt.js';
 import type { AnomalyEventPayload, AnomalyEventType, CameraStatusPayload } from '../../src/publish/payloads.js';
 import {
@@ -18,6 +19,7 @@ import {
   type MqttRecorder,
   type ReceivedMessage,
 } from '../helpers/mosquitto.js';
+import { payloadValidator } from '../helpers/payloads.js';
 
 // Strict, except that `required` in the event's if/then names properties declared one level up.
 const ajv = new Ajv2020({ strict: true, strictRequired: false, allErrors: true });
@@ -107,12 +109,17 @@ async function record(url: string, topics: string | string[], options = {}): Pro
   return recorder;
 }
 
+const payloads = payloadValidator();
+
 afterEach(async () => {
   for (const publisher of openPublishers) await publisher.close();
   openPublishers.clear();
+  // Whatever a test received, and whatever it checked, every payload must match its schema.
+  const received = [...recorders].flatMap((recorder) => recorder.messages);
   for (const recorder of recorders) await recorder.close();
   recorders.clear();
   logs.length = 0;
+  payloads.expectAllValid(received);
 });
 afterAll(() => {
   for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
@@ -240,7 +247,9 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
     const deadUrl = `mqtt://127.0.0.1:${await freePort()}`;
     const first = newPublisher({ url: deadUrl, deviceId: 'replay', dataDir });
     await first.connect();
-    const events = [makeEvent('start'), makeEvent('update'), makeEvent('end')];
+    // One whole event, so that the next run has no open event to end.
+    const start = makeEvent('start');
+    const events = [start, makeEvent('update', { id: start.id }), makeEvent('end', { id: start.id })];
     for (const event of events) first.publishEvent(event);
     const closeStarted = Date.now();
     await closePublisher(first);
@@ -264,7 +273,8 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
     const deadUrl = `mqtt://127.0.0.1:${await freePort()}`;
     const first = newPublisher({ url: deadUrl, deviceId: 'bounded', dataDir, outbox: { maxEvents: 3 } });
     await first.connect();
-    const events = Array.from({ length: 5 }, () => makeEvent('start'));
+    // Ends: events the next run does not have to end for the first one.
+    const events = Array.from({ length: 5 }, () => makeEvent('end'));
     for (const event of events) first.publishEvent(event);
     expect(first.metrics()).toMatchObject({ connected: false, outboxSize: 3, dropped: 2 });
     expect(logs.filter((line) => line.includes('MQTT outbox full'))).toHaveLength(1);
@@ -276,6 +286,109 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
     await until(() => second.metrics().outboxSize === 0, 'the outbox to drain');
     const received = await recorder.waitForCount(() => true, 3);
     expect(eventIds(received)).toEqual(events.slice(2).map((event) => event.id));
+  });
+
+  it('counts dropped events on /metrics as linewatch_mqtt_events_dropped_total', async () => {
+    const deadUrl = `mqtt://127.0.0.1:${await freePort()}`;
+    const publisher = newPublisher({ url: deadUrl, deviceId: 'drops', outbox: { maxEvents: 2 } });
+    await publisher.connect();
+    const metrics = new AgentMetrics({ processMetrics: false });
+    const sync = () => {
+      const counters = publisher.metrics();
+      metrics.mqtt(counters.connected, counters.outboxSize, counters);
+    };
+    sync();
+    expect(await metrics.render()).toMatch(/^linewatch_mqtt_events_dropped_total 0$/m);
+    for (let index = 0; index < 5; index++) publisher.publishEvent(makeEvent('start'));
+    sync();
+    expect(publisher.metrics().dropped).toBe(3);
+    expect(await metrics.render()).toMatch(/^linewatch_mqtt_events_dropped_total 3$/m);
+    // The publisher reports a running total; the counter must not add it up twice.
+    sync();
+    publisher.publishEvent(makeEvent('start'));
+    sync();
+    expect(await metrics.render()).toMatch(/^linewatch_mqtt_events_dropped_total 4$/m);
+    expect(await metrics.render()).toMatch(/^linewatch_mqtt_outbox_durable 1$/m);
+  });
+
+  it('ends, with reason interrupted, the events a crashed run left open, before any new event', async () => {
+    const dataDir = newDataDir();
+    const recorder = await record(broker.url, 'linewatch/crash/+/events', { clientId: 'crash-subscriber', clean: false });
+    const first = newPublisher({ url: broker.url, deviceId: 'crash', dataDir });
+    await first.connect();
+    const open = makeEvent('start', { camera: 'line1', score: -0.2, meanScore: -0.1 });
+    const openUpdate = makeEvent('update', {
+      id: open.id,
+      startedAt: open.startedAt,
+      at: new Date(Date.parse(open.startedAt) + 1500).toISOString(),
+      durationMs: 1500,
+      frames: 16,
+      peakScore: 3.3,
+    });
+    const closed = makeEvent('start', { camera: 'line2' });
+    const otherCamera = makeEvent('start', { camera: 'line3' });
+    for (const event of [open, closed, openUpdate, makeEvent('end', { id: closed.id, camera: 'line2' }), otherCamera]) {
+      first.publishEvent(event);
+    }
+    await recorder.waitForCount(() => true, 5);
+    await until(() => first.metrics().outboxSize === 0, 'the outbox to drain');
+    // A crash: no close(), no end for the open events; the process is simply gone.
+    (first as unknown as { client: MqttClient }).client.end(true);
+    openPublishers.delete(first);
+
+    const second = newPublisher({ url: broker.url, deviceId: 'crash', dataDir });
+    expect(second.metrics().outboxSize).toBe(2);
+    expect(logs.join('\n')).toContain('2 event(s) were still open when the previous run stopped');
+    await second.connect();
+    const next = makeEvent('start', { camera: 'line1' });
+    second.publishEvent(next);
+    await recorder.waitForCount(() => true, 8);
+    const received = recorder.messages.slice(5).map((m) => JSON.parse(m.payload) as AnomalyEventPayload);
+    expect(received.map((event) => [event.type, event.id, event.reason])).toEqual([
+      ['end', open.id, 'interrupted'],
+      ['end', otherCamera.id, 'interrupted'],
+      ['start', next.id, undefined],
+    ]);
+    // Figures as last known (the update); the event is taken to end at its last message.
+    expect(received[0]).toEqual({ ...openUpdate, type: 'end', endedAt: openUpdate.at, reason: 'interrupted' });
+    expect(received[1]).toEqual({ ...otherCamera, type: 'end', endedAt: otherCamera.at, reason: 'interrupted' });
+    await until(() => second.metrics().outboxSize === 0, 'the outbox to drain');
+
+    // Ended once is enough: a third run has nothing left to end.
+    (second as unknown as { client: MqttClient }).client.end(true);
+    openPublishers.delete(second);
+    const third = newPublisher({ url: broker.url, deviceId: 'crash', dataDir });
+    expect(third.metrics().outboxSize).toBe(1); // only `next`, still open
+    await third.connect();
+    await recorder.waitForCount(() => true, 9);
+    expect(JSON.parse(recorder.messages[8]!.payload)).toMatchObject({ type: 'end', id: next.id, reason: 'interrupted' });
+  });
+
+  it('does not end an event twice when the crash came between queueing its end and updating the journal', async () => {
+    const dataDir = newDataDir();
+    const deadUrl = `mqtt://127.0.0.1:${await freePort()}`;
+    const first = newPublisher({ url: deadUrl, deviceId: 'crash2', dataDir });
+    await first.connect();
+    const start = makeEvent('start');
+    first.publishEvent(start);
+    const journal = join(dataDir, 'mqtt-open-events.json');
+    expect(existsSync(journal)).toBe(true);
+    copyFileSync(journal, `${journal}.saved`);
+    const end = makeEvent('end', { id: start.id });
+    first.publishEvent(end);
+    (first as unknown as { client: MqttClient }).client.end(true);
+    openPublishers.delete(first);
+    // The journal as it was just before the end was queued.
+    copyFileSync(`${journal}.saved`, journal);
+
+    const recorder = await record(broker.url, 'linewatch/crash2/+/events');
+    const second = newPublisher({ url: broker.url, deviceId: 'crash2', dataDir });
+    expect(second.metrics().outboxSize).toBe(2);
+    await second.connect();
+    await recorder.waitForCount(() => true, 2);
+    await until(() => second.metrics().outboxSize === 0, 'the outbox to drain');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(recorder.messages.map((m) => JSON.parse(m.payload))).toEqual([start, end]);
   });
 
   it('contains a failing stats provider: one warning, no crash, the rest keeps publishing', async () => {
@@ -406,7 +519,8 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher with username and passwo
     await publisher.connect();
     expect(publisher.connected).toBe(false);
     const log = logs.join('\n');
-    expect(log).toContain(`MQTT broker ${broker.url} refused the connection`);
+    // The whole userinfo is masked: a user name can be half a credential.
+    expect(log).toContain(`MQTT broker mqtt://***@127.0.0.1:${broker.port} refused the connection`);
     expect(log).toContain('check mqtt.username and mqtt.password');
     expect(log).not.toContain('wrong'); // the password never reaches the log
     publisher.publishEvent(makeEvent('start'));

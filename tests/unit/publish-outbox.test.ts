@@ -115,6 +115,54 @@ describe('DurableOutbox', () => {
     expect(payloads(DurableOutbox.open({ file }))).toEqual(['head']);
   });
 
+  it('keeps the file within maxBytes while nothing is acknowledged, when maxEntries is what binds', () => {
+    // The broker is down: entries only arrive and the oldest are dropped. The
+    // live entries stay far below maxBytes, so only their dead lines can grow the file.
+    const maxBytes = 8 * 1024;
+    const outbox = DurableOutbox.open({ file, maxEntries: 10, maxBytes });
+    let largest = 0;
+    for (let index = 0; index < 3000; index++) {
+      outbox.add('linewatch/dev/line1/events', JSON.stringify({ index, pad: 'x'.repeat(index % 50) }));
+      largest = Math.max(largest, statSync(file).size);
+    }
+    expect(largest).toBeLessThanOrEqual(maxBytes);
+    expect(outbox.size).toBe(10);
+    expect(outbox.dropped).toBe(2990);
+    outbox.close();
+    const reopened = DurableOutbox.open({ file, maxEntries: 10, maxBytes });
+    expect(payloads(reopened).map((payload) => JSON.parse(payload).index)).toEqual(Array.from({ length: 10 }, (_, i) => 2990 + i));
+    reopened.close();
+  });
+
+  it('keeps the file within maxBytes while nothing is acknowledged, when maxBytes is what binds', () => {
+    const maxBytes = 4096;
+    const outbox = DurableOutbox.open({ file, maxBytes });
+    let largest = 0;
+    for (let index = 0; index < 3000; index++) {
+      outbox.add('linewatch/dev/line1/events', JSON.stringify({ index, pad: 'y'.repeat(index % 80) }));
+      largest = Math.max(largest, statSync(file).size);
+      expect(outbox.bytes).toBeLessThanOrEqual(maxBytes);
+    }
+    // No slack needed: a compaction replaces the append that would cross the bound.
+    expect(largest).toBeLessThanOrEqual(maxBytes);
+    const newest = payloads(outbox).at(-1);
+    outbox.close();
+    const reopened = DurableOutbox.open({ file, maxBytes });
+    expect(payloads(reopened).at(-1)).toBe(newest);
+    expect(reopened.size).toBeGreaterThan(10);
+    reopened.close();
+  });
+
+  it('lets one entry larger than maxBytes through alone: the file is then that one line', () => {
+    const maxBytes = 1024;
+    const outbox = DurableOutbox.open({ file, maxBytes });
+    for (let index = 0; index < 20; index++) outbox.add('t', `small ${index}`);
+    const big = outbox.add('t', 'z'.repeat(3000));
+    expect(payloads(outbox)).toEqual(['z'.repeat(3000)]);
+    expect(statSync(file).size).toBe(Buffer.byteLength(JSON.stringify(big)) + 1);
+    outbox.close();
+  });
+
   it('says which file cannot be used and how to fix it', () => {
     // A regular file where the folder should be: fails for root too, unlike permissions.
     const notAFolder = join(dir, 'not-a-folder');
