@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { App } from '../app.js';
+import { App } from '../agent/app.js';
 import { DEFAULT_CONFIG_FILE, loadConfig } from '../config/index.js';
 import { formatError } from '../errors.js';
 import { createLogger } from '../log.js';
@@ -11,7 +11,7 @@ export function registerRun(program: Command): void {
     .option('-c, --config <file>', 'configuration file (YAML)', DEFAULT_CONFIG_FILE)
     .action(async (flags: { config: string }) => {
       const config = await loadConfig(flags.config);
-      const log = createLogger(config.log.level);
+      const log = createLogger({ level: config.log.level, format: config.log.format });
       const app = new App({ config, log, announce: (line) => console.log(line) });
 
       let stopping: Promise<void> | undefined;

@@ -1,3 +1,4 @@
+import type { ComponentStatus } from '../agent/controller.js';
 import type { AnomalyEventType, CameraStatusPayload } from '../publish/payloads.js';
 
 /**
@@ -11,6 +12,8 @@ export interface AgentSnapshot {
   deviceId?: string;
   cameras: CameraSnapshot[];
   mqtt: MqttSnapshot;
+  /** The agent's components as the controller sees them (a failed optional one shows here). */
+  components?: ComponentStatus[];
   /** Newest first; the page shows up to 20. */
   recentEvents: RecentEvent[];
 }
@@ -22,6 +25,16 @@ export interface CameraSnapshot extends CameraStatusPayload {
   /** Score of the last scored frame; null before the first. */
   lastScore: number | null;
   threshold: number | null;
+  /** Frames the model could not score (inference threw or the score was non-finite). */
+  scoring?: ScoringHealth;
+}
+
+export interface ScoringHealth {
+  failures: number;
+  /** True while the latest frames keep failing: the camera is unhealthy. */
+  failing: boolean;
+  failingSince: string | null;
+  lastError: string | null;
 }
 
 export interface MqttSnapshot {
@@ -29,6 +42,11 @@ export interface MqttSnapshot {
   /** Broker URL without credentials. */
   broker?: string;
   outboxSize: number;
+  /** Events dropped because the outbox reached its bound. */
+  dropped?: number;
+  /** False while the data folder cannot be written (full, read-only): events wait in memory only. */
+  durable?: boolean;
+  notDurableReason?: string | null;
 }
 
 export interface RecentEvent {

@@ -39,7 +39,11 @@ export function renderOperatorPage(snapshot: AgentSnapshot, options: PageOptions
 <p>version ${escape(snapshot.version)} · up ${formatDuration(options.now - Date.parse(snapshot.startedAt))} · ${streaming}/${snapshot.cameras.length} cameras streaming ·
 MQTT <span class="${snapshot.mqtt.connected ? 'ok' : 'bad'}">${snapshot.mqtt.connected ? 'connected' : 'disconnected'}</span>${
     snapshot.mqtt.broker ? ` to ${escape(snapshot.mqtt.broker)}` : ''
-  } · outbox ${snapshot.mqtt.outboxSize}</p>
+  } · outbox ${snapshot.mqtt.outboxSize}${snapshot.mqtt.dropped ? ` · <span class="bad">${snapshot.mqtt.dropped} event(s) dropped</span>` : ''}${
+    snapshot.mqtt.durable === false
+      ? ` · <span class="bad">events in memory only: ${escape(snapshot.mqtt.notDurableReason ?? 'data folder not writable')}</span>`
+      : ''
+  }</p>${failedComponents(snapshot)}
 <p class="links"><a href="/metrics">metrics</a> · <a href="/healthz">healthz</a> · refreshes every ${options.refreshSeconds} s</p>
 </header>
 <h2>Cameras</h2>
@@ -51,6 +55,12 @@ ${events.length === 0 ? '<p>No events yet.</p>' : eventTable(events)}
 `;
 }
 
+function failedComponents(snapshot: AgentSnapshot): string {
+  const failed = (snapshot.components ?? []).filter((component) => component.state === 'failed');
+  if (failed.length === 0) return '';
+  return `\n<p class="bad">${failed.map((component) => `${escape(component.name)} failed: ${escape(component.error ?? 'unknown error')}`).join('<br>')}</p>`;
+}
+
 function cameraTable(cameras: CameraSnapshot[], now: number): string {
   const rows = cameras.map((camera) => {
     const lastFrame = camera.lastFrameAt ? `${formatDuration(now - Date.parse(camera.lastFrameAt))} ago` : 'never';
@@ -58,6 +68,8 @@ function cameraTable(cameras: CameraSnapshot[], now: number): string {
 <td>${escape(camera.name)}</td>
 <td><span class="state ${stateClass(camera.state)}">${escape(camera.state)}</span>${
       camera.reason ? `<div class="reason">${escape(camera.reason)}</div>` : ''
+    }${
+      camera.scoring?.failing ? `<div class="reason bad">frames fail scoring: ${escape(camera.scoring.lastError ?? '')}</div>` : ''
     }<div class="reason">since ${escape(camera.since)}</div></td>
 <td class="num">${camera.fps.toFixed(1)}</td>
 <td>${scoreBar(camera.lastScore, camera.threshold)}</td>

@@ -66,12 +66,23 @@ export function assessHealth(snapshot: AgentSnapshot, now: number, staleAfterMs 
       problems.push(`${camera.name}: ${camera.state}${camera.reason ? ` (${camera.reason})` : ''}`);
       continue;
     }
+    if (camera.scoring?.failing) {
+      problems.push(`${camera.name}: frames fail scoring since ${camera.scoring.failingSince} (${camera.scoring.lastError})`);
+      continue;
+    }
     const lastSign = Date.parse(camera.lastFrameAt ?? camera.since);
     const silentMs = now - lastSign;
     if (!(silentMs <= staleAfterMs)) {
       const what = camera.lastFrameAt ? 'no frame' : 'no frame yet';
       problems.push(`${camera.name}: ${what} for ${Math.round(silentMs / 1000)} s`);
     }
+  }
+  // The agent works on, but a crash now loses the events waiting for the broker: the operator must free space.
+  if (snapshot.mqtt.durable === false) {
+    problems.push(`MQTT outbox not durable (${snapshot.mqtt.notDurableReason ?? 'data folder not writable'}): events wait in memory only; free space in dataDir`);
+  }
+  for (const component of snapshot.components ?? []) {
+    if (component.state === 'failed') problems.push(`${component.name} failed: ${component.error ?? 'unknown error'}`);
   }
   return { status: problems.length === 0 ? 'ok' : 'unhealthy', cameras, problems };
 }

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { defaultLogger } from '../log.js';
 
 /**
  * Readiness, status and watchdog notifications to systemd (sd_notify protocol).
@@ -61,8 +62,9 @@ export class SystemdNotifier {
   constructor(options: SystemdNotifierOptions = {}) {
     this.#env = options.env ?? process.env;
     this.#command = options.command ?? 'systemd-notify';
-    this.#warn = options.onWarning ?? ((message) => console.warn(message));
-    this.#now = options.now ?? Date.now;
+    this.#warn = options.onWarning ?? ((message) => defaultLogger().warn(message));
+    // Monotonic: a wall-clock step back must not silence the pings for as long as the step.
+    this.#now = options.now ?? (() => performance.now());
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.enabled = Boolean(this.#env.NOTIFY_SOCKET);
     this.watchdogIntervalMs = this.enabled ? watchdogIntervalMs(this.#env, options.pid) : null;

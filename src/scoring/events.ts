@@ -1,9 +1,13 @@
 import { randomUUID } from 'node:crypto';
+import type { Box } from './region.js';
 
 /**
  * Turns a stream of frame scores into anomaly events: start, rate-limited
- * updates, end. Pure: no timers and no I/O; time is the capture timestamp fed
- * with each score, so a replayed recording gives the same events as live.
+ * updates, end. Pure: no timers and no I/O; time is the capture time fed with
+ * each score, so a replayed recording gives the same events as live. Every rule
+ * (k of n, durations, cooldown, update interval) runs on the monotonic capture
+ * time, which an NTP step cannot move; the wall-clock capture time only fills
+ * the payload's timestamps.
  *
  * Rules (per camera):
  * - Start: k of the last n frames score above the threshold. `startedAt` is the
@@ -33,18 +37,14 @@ import { randomUUID } from 'node:crypto';
  */
 
 export type EventMessageType = 'start' | 'update' | 'end';
-export const END_REASONS = ['recovered', 'shutdown', 'max-duration', 'camera-offline'] as const;
+// `interrupted` is never produced here: the publisher sends it at start for an event a crash left open.
+export const END_REASONS = ['recovered', 'shutdown', 'max-duration', 'camera-offline', 'interrupted'] as const;
 export type EndReason = (typeof END_REASONS)[number];
 /** Reasons an open event is ended from outside the score stream. */
 export type CloseReason = Extract<EndReason, 'shutdown' | 'camera-offline'>;
 
 /** In source-image pixels; filled by the wiring, never by the tracker. */
-export interface EventBox {
-  x: number;
-  y: number;
-  width: number;
-  height: number;
-}
+export type EventBox = Box;
 
 /** One message of an event's lifecycle: the MQTT event payload (the publisher's JSON Schema describes this shape). */
 export interface EventMessage {
@@ -64,7 +64,7 @@ export interface EventMessage {
   threshold: number;
   /** Frames in the event so far. */
   frames: number;
-  /** `at` minus `startedAt`. */
+  /** Time from the first frame of the event to this message, on the monotonic clock (so not always `at` minus `startedAt` after a clock step). */
   durationMs: number;
   /** Only on `end`. */
   reason?: EndReason;
@@ -102,15 +102,25 @@ export function lowerThreshold(threshold: number, hysteresis: number): number {
   return threshold - (1 - hysteresis) * Math.abs(threshold);
 }
 
+/**
+ * When a frame was captured: `monotonicMs` on a clock that never goes back (ordering,
+ * durations), `wallMs` since the epoch (payload timestamps only). A plain number is
+ * both, for a recording whose timeline is the one clock (replay, tests).
+ */
+export type CaptureTime = number | { monotonicMs: number; wallMs: number };
+
 export interface ScoredFrame {
   score: number;
-  /** Capture time, ms since the epoch. */
+  /** Capture time on the monotonic clock, ms. */
   timestampMs: number;
+  /** Capture time on the wall clock, ms since the epoch. */
+  wallMs: number;
 }
 
 interface OpenEvent {
   id: string;
   startedAtMs: number;
+  startedAtWallMs: number;
   frames: number;
   scoreSum: number;
   peak: ScoredFrame;
@@ -164,24 +174,23 @@ export class EventTracker {
   }
 
   /**
-   * Feeds one frame's score and capture timestamp (ms since the epoch,
-   * non-decreasing) and returns the messages to publish, usually none.
+   * Feeds one frame's score and capture time (monotonic part non-decreasing) and
+   * returns the messages to publish, usually none.
    */
-  push(score: number, timestampMs: number): EventMessage[] {
+  push(score: number, capturedAt: CaptureTime): EventMessage[] {
     if (!Number.isFinite(score)) throw new RangeError(`camera ${this.camera}: score must be a finite number, got ${score}`);
-    this.advanceClock(timestampMs);
-    const frame = { score, timestampMs };
+    const frame = { score, ...this.advanceClock(capturedAt) };
     return this.event === undefined ? this.pushIdle(frame) : this.pushActive(this.event, frame);
   }
 
   /** Ends the open event (the camera went offline, the agent stops); returns its end message, or nothing when none is open. */
-  close(reason: CloseReason, timestampMs: number): EventMessage[] {
-    this.advanceClock(timestampMs);
+  close(reason: CloseReason, at: CaptureTime): EventMessage[] {
+    const time = this.advanceClock(at);
     const event = this.event;
     this.window = [];
     if (event === undefined) return [];
     this.event = undefined;
-    return [this.message('end', event, timestampMs, event.lastScore, reason)];
+    return [this.message('end', event, time, event.lastScore, reason)];
   }
 
   private pushIdle(frame: ScoredFrame): EventMessage[] {
@@ -198,6 +207,7 @@ export class EventTracker {
     const event: OpenEvent = {
       id: this.newId(),
       startedAtMs: frames[0]!.timestampMs,
+      startedAtWallMs: frames[0]!.wallMs,
       frames: frames.length,
       scoreSum: frames.reduce((sum, candidate) => sum + candidate.score, 0),
       peak,
@@ -208,7 +218,7 @@ export class EventTracker {
       publishedPeak: peak.score,
     };
     this.event = event;
-    return [this.message('start', event, frame.timestampMs, frame.score)];
+    return [this.message('start', event, frame, frame.score)];
   }
 
   private pushActive(event: OpenEvent, frame: ScoredFrame): EventMessage[] {
@@ -222,16 +232,16 @@ export class EventTracker {
     if (event.lowRun >= this.rules.endFrames && durationMs >= this.rules.minDurationMs) {
       this.end();
       this.ignoreUntilMs = frame.timestampMs + this.rules.cooldownMs;
-      return [this.message('end', event, frame.timestampMs, frame.score, 'recovered')];
+      return [this.message('end', event, frame, frame.score, 'recovered')];
     }
     if (this.rules.maxDurationMs !== undefined && durationMs >= this.rules.maxDurationMs) {
       this.end();
-      return [this.message('end', event, frame.timestampMs, frame.score, 'max-duration')];
+      return [this.message('end', event, frame, frame.score, 'max-duration')];
     }
     if (event.peak.score > event.publishedPeak && frame.timestampMs - event.lastMessageAtMs >= this.rules.updateIntervalMs) {
       event.publishedPeak = event.peak.score;
       event.lastMessageAtMs = frame.timestampMs;
-      return [this.message('update', event, frame.timestampMs, frame.score)];
+      return [this.message('update', event, frame, frame.score)];
     }
     return [];
   }
@@ -241,33 +251,42 @@ export class EventTracker {
     this.window = [];
   }
 
-  private advanceClock(timestampMs: number): void {
+  private advanceClock(capturedAt: CaptureTime): { timestampMs: number; wallMs: number } {
+    const { monotonicMs: timestampMs, wallMs } = typeof capturedAt === 'number' ? { monotonicMs: capturedAt, wallMs: capturedAt } : capturedAt;
     if (!Number.isFinite(timestampMs)) throw new RangeError(`camera ${this.camera}: timestamp must be a finite number, got ${timestampMs}`);
+    if (!Number.isFinite(wallMs)) throw new RangeError(`camera ${this.camera}: wall-clock time must be a finite number, got ${wallMs}`);
     if (timestampMs < this.lastTimestampMs) {
       throw new RangeError(
-        `camera ${this.camera}: timestamps must not go back (${timestampMs} after ${this.lastTimestampMs}); feed capture times from one clock`,
+        `camera ${this.camera}: monotonic timestamps must not go back (${timestampMs} after ${this.lastTimestampMs}); feed capture times from one monotonic clock`,
       );
     }
     this.lastTimestampMs = timestampMs;
+    return { timestampMs, wallMs };
   }
 
-  private message(type: EventMessageType, event: OpenEvent, atMs: number, score: number, reason?: EndReason): EventMessage {
-    const at = iso(atMs);
+  private message(
+    type: EventMessageType,
+    event: OpenEvent,
+    time: { timestampMs: number; wallMs: number },
+    score: number,
+    reason?: EndReason,
+  ): EventMessage {
+    const at = iso(time.wallMs);
     return {
       type,
       id: event.id,
       camera: this.camera,
       at,
-      startedAt: iso(event.startedAtMs),
+      startedAt: iso(event.startedAtWallMs),
       ...(type === 'end' ? { endedAt: at } : {}),
       score,
       peakScore: event.peak.score,
       meanScore: event.scoreSum / event.frames,
       threshold: this.threshold,
       frames: event.frames,
-      durationMs: atMs - event.startedAtMs,
+      durationMs: time.timestampMs - event.startedAtMs,
       ...(reason === undefined ? {} : { reason }),
-      peakAt: iso(event.peak.timestampMs),
+      peakAt: iso(event.peak.wallMs),
       box: null,
       snapshot: null,
     };

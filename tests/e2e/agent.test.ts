@@ -10,6 +10,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { childProcesses, processesMatching, REPO, runCli, startAgent, writeConfig } from '../helpers/agent.js';
 import { freePort, isMosquittoInstalled, recordMqtt, startMosquitto, type MosquittoBroker } from '../helpers/mosquitto.js';
+import { payloadValidator } from '../helpers/payloads.js';
 import { rtspServerUnavailable, startRtspServer, type RtspServer } from '../helpers/rtsp.js';
 
 const VIDEO = path.join(REPO, 'assets/demo/bottle-detection.mp4');
@@ -122,6 +123,8 @@ describe.skipIf(missing.length > 0)('linewatch run against mosquitto and an RTSP
 
       const events = recorder.messages.filter((m) => m.topic === 'linewatch/testdev/line1/events').map((m) => JSON.parse(m.payload));
       for (const e of events) expect(validateEvent(e), JSON.stringify(validateEvent.errors)).toBe(true);
+      // Every payload on every topic, not only the events.
+      payloadValidator('linewatch/testdev').expectAllValid(recorder.messages);
       const started = new Set(events.filter((e) => e.type === 'start').map((e) => e.id));
       const ended = new Set(events.filter((e) => e.type === 'end').map((e) => e.id));
       expect([...started].filter((id) => !ended.has(id)), 'every started event has an end').toEqual([]);
@@ -151,6 +154,7 @@ describe.skipIf(missing.length > 0)('linewatch run when the broker is down at st
       const recorder = await recordMqtt(broker.url, 'linewatch/testdev/#');
       await recorder.waitFor((m) => m.topic === 'linewatch/testdev/status' && m.payload === 'online', 20_000);
       await recorder.waitFor((m) => m.topic === 'linewatch/testdev/line1/status' && JSON.parse(m.payload).state === 'streaming', 20_000);
+      payloadValidator('linewatch/testdev').expectAllValid(recorder.messages);
       await recorder.close();
       agent.child.kill('SIGTERM');
       expect(await agent.exited()).toBe(0);

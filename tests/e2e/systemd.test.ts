@@ -1,12 +1,11 @@
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SystemdNotifier, watchdogIntervalMs } from '../../src/health/systemd.js';
+import { PYTHON, startNotifyListener, type NotifyListener } from '../helpers/notify-socket.js';
 
-const PYTHON = '/usr/bin/python3';
 
 function hasCommand(command: string): boolean {
   try {
@@ -20,55 +19,29 @@ function hasCommand(command: string): boolean {
 const canListen = existsSync(PYTHON) && hasCommand('systemd-notify');
 if (!canListen) console.warn('skipping the notify-socket tests: they need /usr/bin/python3 and systemd-notify');
 
-/**
- * A real AF_UNIX datagram socket standing in for systemd's notify socket. recv()
- * without ancillary space makes the kernel close the fd systemd-notify passes with
- * BARRIER=1, which is what releases its wait, just as the real manager does.
- */
-const LISTENER = `
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind(sys.argv[1])
-print("LISTENING", flush=True)
-while True:
-    data = s.recv(65536)
-    if data != b"BARRIER=1":
-        print(data.decode().replace("\\n", "|"), flush=True)
-`;
 
 describe.skipIf(!canListen)('SystemdNotifier on a real notify socket', () => {
   let dir: string;
   let socketPath: string;
-  let listener: ChildProcess;
-  const received: string[] = [];
-  const waiters: Array<() => void> = [];
+  let listener: NotifyListener;
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'linewatch-notify-'));
     socketPath = join(dir, 'notify.sock');
-    listener = spawn(PYTHON, ['-c', LISTENER, socketPath], { stdio: ['ignore', 'pipe', 'inherit'] });
-    const lines = createInterface({ input: listener.stdout! });
-    await new Promise<void>((resolve, reject) => {
-      listener.once('error', reject);
-      lines.on('line', (line) => {
-        if (line === 'LISTENING') return resolve();
-        received.push(line);
-        waiters.splice(0).forEach((wake) => wake());
-      });
-    });
+    listener = await startNotifyListener(socketPath);
   });
 
   afterAll(() => {
-    listener?.kill();
+    listener?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
   async function receivedAfter<T>(action: () => Promise<T>, count: number): Promise<string[]> {
-    const start = received.length;
+    const start = listener.received.length;
     await action();
     // systemd-notify returns only after the datagram was read, but our listener may print it a moment later.
-    while (received.length < start + count) await new Promise<void>((resolve) => waiters.push(resolve));
-    return received.slice(start);
+    while (listener.received.length < start + count) await listener.next();
+    return listener.received.slice(start).map((entry) => entry.message);
   }
 
   it('sends READY, STATUS and STOPPING in call order', async () => {
@@ -92,7 +65,7 @@ describe.skipIf(!canListen)('SystemdNotifier on a real notify socket', () => {
       now: () => now,
     });
     expect(notifier.watchdogIntervalMs).toBe(15_000);
-    const start = received.length;
+    const start = listener.received.length;
     const first = await receivedAfter(async () => {
       await Promise.all([notifier.watchdog(), notifier.watchdog(), notifier.watchdog()]);
       now += 14_999;
@@ -104,7 +77,7 @@ describe.skipIf(!canListen)('SystemdNotifier on a real notify socket', () => {
     expect(second).toEqual(['WATCHDOG=1']);
     // Nothing else arrived: the throttled calls sent nothing.
     await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(received.slice(start)).toEqual(['WATCHDOG=1', 'WATCHDOG=1']);
+    expect(listener.received.slice(start).map((entry) => entry.message)).toEqual(['WATCHDOG=1', 'WATCHDOG=1']);
   });
 
   it('reports a notify socket that does not exist instead of throwing', async () => {

@@ -206,7 +206,7 @@ describe('updates', () => {
       expected({ type: 'update', at: 7, startedAt: 0, score: 0.875, eventScores: scores.slice(0, 8), peakAt: 7 }),
       // Frame 8 rises again but only 100 ms after the last update.
     ]);
-    expect(events.peak).toEqual({ score: 1, timestampMs: at(8) });
+    expect(events.peak).toEqual({ score: 1, timestampMs: at(8), wallMs: at(8) });
   });
 
   it('with updateIntervalMs 0 follow every rise of the peak, and only rises', () => {
@@ -317,5 +317,20 @@ describe('bad input', () => {
     expect(() => events.push(0.1, at(4))).toThrow(/timestamps must not go back/);
     expect(() => events.close('shutdown', at(4))).toThrow(/timestamps must not go back/);
     expect(events.push(0.1, at(5))).toEqual([]); // equal timestamps are fine
+  });
+
+  it('debounces on the monotonic clock: a wall-clock step back mid-event changes only the payload times', () => {
+    const events = tracker({ minDurationMs: 300 });
+    const HOUR = 3_600_000;
+    // Frames 0-3 on the true wall clock, then NTP steps the wall clock back an hour.
+    const time = (frame: number) => ({ monotonicMs: 1000 + frame * STEP, wallMs: at(frame) - (frame >= 4 ? HOUR : 0) });
+    const messages = [HIGH, HIGH, HIGH, HIGH, LOW, LOW].flatMap((score, frame) => events.push(score, time(frame)));
+    expect(messages.map((message) => message.type)).toEqual(['start', 'end']);
+    const end = messages[1]!;
+    expect(end.reason).toBe('recovered');
+    // Six frames, 500 ms from the first to the last: not negative, not an hour.
+    expect(end.durationMs).toBe(500);
+    expect(end.startedAt).toBe(iso(0));
+    expect(end.at).toBe(new Date(at(5) - HOUR).toISOString());
   });
 });

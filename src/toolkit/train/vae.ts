@@ -30,6 +30,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { UsageError } from '../../errors.js';
+import { defaultLogger } from '../../log.js';
 import { shiftImage, type ImageTensor } from '../../image/tensor.js';
 import { normalSampler, randomInt, seededRandom, shuffled, type Random } from './random.js';
 import { validateVaeConfig, weightShapes, type VaeConfig, type VaeWeights, type WeightTensor } from './vae-config.js';
@@ -105,7 +106,7 @@ async function selectBackend(): Promise<string> {
   } catch (error) {
     failure = (error as Error).message;
   }
-  console.warn(`linewatch: TF.js wasm backend unavailable (${failure}); training on the cpu backend, about 5x slower`);
+  defaultLogger().warn(`TF.js wasm backend unavailable (${failure}); training on the cpu backend, about 5x slower`);
   await tf.setBackend('cpu');
   await tf.ready();
   return tf.getBackend();

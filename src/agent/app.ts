@@ -1,0 +1,279 @@
+import path from 'node:path';
+import { systemClock, type Clock } from '../clock.js';
+import { resolveCameras, type CameraConfig, type Config } from '../config/index.js';
+import type { AgentSnapshot, RecentEvent } from '../health/agent-snapshot.js';
+import { AgentMetrics } from '../health/metrics.js';
+import { startHealthServer, type HealthServer } from '../health/server.js';
+import { SystemdNotifier } from '../health/systemd.js';
+import type { Logger } from '../log.js';
+import { loadBundle, type LoadedBundle } from '../model/bundle.js';
+import { startEmbeddedBroker, type EmbeddedBroker } from '../publish/broker.js';
+import { MqttPublisher, redactUrl } from '../publish/mqtt.js';
+import type { AnomalyEventPayload } from '../publish/payloads.js';
+import { SnapshotStore } from '../publish/snapshot.js';
+import { LINEWATCH_VERSION } from '../version.js';
+import { CameraPipeline, describeEvent } from './camera.js';
+import { Controller } from './controller.js';
+import { fanOut, type EventSink } from './event-sink.js';
+import { Liveness } from './liveness.js';
+import { InferenceScheduler } from './scheduler.js';
+
+export interface AppOptions {
+  config: Config;
+  log: Logger;
+  /** One human line per event message. */
+  announce?: (line: string) => void;
+  /** Replaces $NOTIFY_SOCKET etc. (tests). */
+  env?: NodeJS.ProcessEnv;
+  clock?: Clock;
+}
+
+const RECENT_EVENTS_KEPT = 50;
+
+/**
+ * The agent: builds its components and hands them to the controller, which starts
+ * them in order (broker, MQTT, models, cameras with the inference scheduler,
+ * health page, systemd) and stops them in reverse, so that on shutdown every
+ * ffmpeg is stopped, open events end with reason `shutdown` and still reach MQTT,
+ * and `offline` is the last word. The health page and systemd notifications are
+ * optional: if they fail, the agent runs on and says so.
+ */
+export class App {
+  private readonly config: Config;
+  private readonly log: Logger;
+  private readonly clock: Clock;
+  private readonly announce: (line: string) => void;
+  private readonly metrics = new AgentMetrics();
+  private readonly notifier: SystemdNotifier;
+  private readonly controller: Controller;
+  private readonly scheduler: InferenceScheduler;
+  private readonly startedAt: Date;
+  private readonly recentEvents: RecentEvent[] = [];
+  private readonly bundles = new Map<string, LoadedBundle>();
+  private cameras: CameraConfig[] = [];
+  private broker: EmbeddedBroker | undefined;
+  private publisher: MqttPublisher | undefined;
+  private pipelines: CameraPipeline[] = [];
+  private health: HealthServer | undefined;
+  private liveness: Liveness | undefined;
+  private brokerUrl = '';
+
+  constructor(options: AppOptions) {
+    this.config = options.config;
+    this.log = options.log;
+    this.clock = options.clock ?? systemClock;
+    this.startedAt = new Date(this.clock.now());
+    this.announce = options.announce ?? (() => {});
+    this.notifier = new SystemdNotifier({ env: options.env, onWarning: (message) => this.log.warn(message) });
+    this.controller = new Controller({ log: this.log, clock: this.clock });
+    this.scheduler = new InferenceScheduler({ clock: this.clock, onRound: () => this.syncMqttMetrics() });
+    this.controller.add({ name: 'mqtt', start: () => this.startMqtt(), stop: () => this.stopMqtt() });
+    this.controller.add({ name: 'models', start: () => this.loadModels(), stop: () => this.disposeModels() });
+    this.controller.add({ name: 'cameras', start: () => this.startCameras(), stop: () => this.stopCameras() });
+    this.controller.add({ name: 'health server', optional: true, start: () => this.startHealth(), stop: async () => this.health?.close() });
+    this.controller.add({ name: 'systemd', optional: true, start: () => this.startSystemd(), stop: () => this.stopSystemd() });
+  }
+
+  get mqttUrl(): string {
+    return this.brokerUrl;
+  }
+
+  get healthUrl(): string | undefined {
+    return this.health?.url;
+  }
+
+  async start(): Promise<void> {
+    this.cameras = resolveCameras(this.config);
+    await this.controller.start();
+  }
+
+  /** Stop in reverse order. Safe to call more than once and after a failed start. */
+  stop(): Promise<void> {
+    return this.controller.stop();
+  }
+
+  snapshot(): AgentSnapshot {
+    const mqtt = this.publisher?.metrics();
+    return {
+      version: LINEWATCH_VERSION,
+      startedAt: this.startedAt.toISOString(),
+      deviceId: this.config.deviceId,
+      cameras: this.pipelines.map((pipeline) => pipeline.snapshot()),
+      mqtt: {
+        connected: mqtt?.connected ?? false,
+        broker: redactUrl(this.brokerUrl),
+        outboxSize: mqtt?.outboxSize ?? 0,
+        dropped: mqtt?.dropped ?? 0,
+        durable: mqtt?.durable ?? true,
+        notDurableReason: mqtt?.notDurableReason ?? null,
+      },
+      components: this.controller.status(),
+      recentEvents: [...this.recentEvents],
+    };
+  }
+
+  private async startMqtt(): Promise<void> {
+    const { config, log } = this;
+    if (config.mqtt.url) {
+      this.brokerUrl = config.mqtt.url;
+    } else {
+      this.broker = await startEmbeddedBroker(config.mqtt.embeddedBroker);
+      this.brokerUrl = this.broker.url;
+      log.info(`no mqtt.url configured: embedded MQTT broker listening on ${this.broker.url}`);
+    }
+    this.publisher = new MqttPublisher({
+      url: this.brokerUrl,
+      deviceId: config.deviceId,
+      baseTopic: config.mqtt.baseTopic,
+      clientId: config.mqtt.clientId,
+      username: config.mqtt.username,
+      password: config.mqtt.password,
+      protocolVersion: config.mqtt.protocolVersion,
+      tls: config.mqtt.tls,
+      keepaliveSec: config.mqtt.keepaliveS,
+      dataDir: config.dataDir,
+      scoreMaxRateHz: config.mqtt.scoreTopic.maxRateHz,
+      statsIntervalMs: config.mqtt.statsIntervalS * 1000,
+      statsProvider: () => ({ cameras: Object.fromEntries(this.pipelines.map((p) => [p.name, p.stats()])) }),
+      logger: log.child({ component: 'mqtt' }),
+    });
+    this.publisher.onConnectionChange(() => this.syncMqttMetrics());
+    // Never blocks on the broker: events wait in the durable outbox until it is reachable.
+    await this.publisher.connect();
+  }
+
+  private async stopMqtt(): Promise<void> {
+    await this.publisher?.close();
+    await this.broker?.close();
+  }
+
+  /** Cameras that share a model (same bundle, variant, providers, threads) share one loaded session. */
+  private async loadModels(): Promise<void> {
+    for (const camera of this.cameras) {
+      const key = bundleKey(camera);
+      if (this.bundles.has(key)) continue;
+      const bundle = await loadBundle(camera.model, {
+        variant: camera.variant,
+        providers: camera.providers,
+        threads: camera.threads,
+        log: (message) => this.log.info(message),
+      });
+      this.log.info(
+        `model ${camera.model} (${camera.variant}, ${bundle.manifest.input.width}x${bundle.manifest.input.height}x${bundle.manifest.input.channels}, scorer ${bundle.manifest.scoring.scorer}) on ${bundle.model.providers.join(', ')}, warm-up ${bundle.warmUpMs.toFixed(1)} ms`,
+      );
+      this.bundles.set(key, bundle);
+    }
+  }
+
+  private async disposeModels(): Promise<void> {
+    for (const bundle of this.bundles.values()) await bundle.dispose();
+    this.bundles.clear();
+  }
+
+  private async startCameras(): Promise<void> {
+    const { config, log } = this;
+    const sink = this.eventSink();
+    for (const camera of this.cameras) {
+      // One store per camera: each keeps its own `retain` newest files under snapshots/<camera>/.
+      const snapshots = new SnapshotStore({
+        dir: path.join(config.dataDir, 'snapshots'),
+        retain: camera.snapshots.retain,
+        onWarning: (message) => log.warn(message),
+      });
+      const pipeline = new CameraPipeline({
+        camera,
+        bundle: this.bundles.get(bundleKey(camera))!,
+        ffmpegPath: config.ffmpeg.path,
+        sink,
+        metrics: this.metrics,
+        snapshots: camera.snapshots.enabled ? snapshots : undefined,
+        log: log.child({ camera: camera.name }),
+        clock: this.clock,
+      });
+      this.pipelines.push(pipeline);
+      this.scheduler.add(pipeline);
+      pipeline.source.on('frame', () => {
+        this.metrics.frameIn(pipeline.name);
+        this.scheduler.wake();
+      });
+    }
+    for (const pipeline of this.pipelines) await pipeline.start();
+  }
+
+  /** The round in progress finishes first, so no frame is scored after its camera closed its events. */
+  private async stopCameras(): Promise<void> {
+    await this.scheduler.stop();
+    await Promise.all(this.pipelines.map((pipeline) => pipeline.stop()));
+  }
+
+  private async startHealth(): Promise<void> {
+    const { config } = this;
+    if (!config.health.enabled) return;
+    this.health = await startHealthServer({
+      host: config.health.host,
+      port: config.health.port,
+      metrics: this.metrics,
+      snapshot: () => this.snapshot(),
+      snapshotDir: path.join(config.dataDir, 'snapshots'),
+    });
+    this.log.info(`health: ${this.health.url}/healthz, metrics: ${this.health.url}/metrics, status page: ${this.health.url}/`);
+  }
+
+  private async startSystemd(): Promise<void> {
+    this.liveness = new Liveness({
+      notifier: this.notifier,
+      inferenceBusyForMs: () => this.scheduler.busyForMs(),
+      log: this.log,
+      clock: this.clock,
+    });
+    await this.notifier.ready(`watching ${this.pipelines.length} camera(s)`);
+    this.liveness.start();
+  }
+
+  private async stopSystemd(): Promise<void> {
+    this.liveness?.stop();
+    await this.notifier.stopping();
+  }
+
+  /** Each event message to MQTT, the metrics, the operator page's recent events and the event lines. */
+  private eventSink(): EventSink {
+    const publisher = this.publisher!;
+    const recent: Partial<EventSink> = {
+      event: (payload: AnomalyEventPayload) => {
+        this.recentEvents.unshift({
+          id: payload.id,
+          camera: payload.camera,
+          type: payload.type,
+          at: payload.at,
+          score: payload.score,
+          peakScore: payload.peakScore,
+          threshold: payload.threshold,
+          snapshot: payload.snapshot,
+        });
+        this.recentEvents.length = Math.min(this.recentEvents.length, RECENT_EVENTS_KEPT);
+      },
+    };
+    return fanOut(
+      [
+        {
+          event: (payload) => publisher.publishEvent(payload),
+          cameraStatus: (camera, status) => publisher.publishCameraStatus(camera, status),
+          score: (camera, payload) => publisher.publishScore(camera, payload),
+        },
+        { event: (payload) => this.metrics.eventMessage(payload.camera, payload.type) },
+        recent,
+        { event: (payload) => this.announce(describeEvent(payload)) },
+      ],
+      (error) => this.log.error(`delivering an event message failed: ${(error as Error).stack ?? String(error)}`),
+    );
+  }
+
+  private syncMqttMetrics(): void {
+    const counters = this.publisher?.metrics();
+    if (counters) this.metrics.mqtt(counters.connected, counters.outboxSize, counters);
+  }
+}
+
+function bundleKey(camera: CameraConfig): string {
+  return JSON.stringify([camera.model, camera.variant, camera.providers, camera.threads]);
+}

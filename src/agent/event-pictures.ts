@@ -1,0 +1,101 @@
+import type { CameraConfig } from '../config/index.js';
+import type { Logger } from '../log.js';
+import type { LoadedBundle } from '../model/bundle.js';
+import type { SnapshotStore } from '../publish/snapshot.js';
+import type { EventMessage, ScoredFrame } from '../scoring/events.js';
+import { anomalyBox, toSourceBox, type Box } from '../scoring/region.js';
+import type { Frame } from '../source/index.js';
+import type { FrameSource } from './camera.js';
+
+/** Share of the map's maximum above which pixels count as the anomalous region. */
+const BOX_LEVEL = 0.5;
+
+interface ScoredEntry {
+  frame: Frame;
+  map: Float32Array;
+}
+
+export interface EventPictureDeps {
+  camera: CameraConfig;
+  bundle: LoadedBundle;
+  source: FrameSource;
+  snapshots: SnapshotStore | undefined;
+  log: Logger;
+  /** Frames kept to find the peak of a starting event: the debouncer's window. */
+  keep: number;
+}
+
+/**
+ * The pictures of a camera's events: keeps the last few scored frames so that the
+ * peak of a starting event can be found, and derives the event's box (source
+ * pixels) and snapshot from its peak frame.
+ */
+export class EventPictures {
+  private readonly recent: ScoredEntry[] = [];
+  private peak: { entry: ScoredEntry; box: Box | null; snapshot: string | null } | undefined;
+
+  constructor(private readonly deps: EventPictureDeps) {}
+
+  /** Remember a scored frame; `trackerPeak` is the open event's peak as the debouncer sees it. */
+  scored(frame: Frame, map: Float32Array, trackerPeak: Readonly<ScoredFrame> | undefined): void {
+    const entry: ScoredEntry = { frame, map };
+    this.recent.push(entry);
+    if (this.recent.length > this.deps.keep) this.recent.shift();
+    if (trackerPeak && (!this.peak || this.peak.entry.frame.monotonicAt !== trackerPeak.timestampMs)) {
+      const peakEntry = this.recent.find((candidate) => candidate.frame.monotonicAt === trackerPeak.timestampMs) ?? entry;
+      this.peak = { entry: peakEntry, box: this.boxOf(peakEntry), snapshot: this.peak?.snapshot ?? null };
+    }
+  }
+
+  /** Box and snapshot for an event message; writes the snapshot of a new peak without holding the message back. */
+  picture(message: EventMessage): { box: Box | null; snapshot: string | null } {
+    const peak = this.peak;
+    let snapshot = peak?.snapshot ?? null;
+    if (peak && message.type !== 'end' && this.deps.snapshots) {
+      snapshot = this.writeSnapshot(message.id, peak.entry, peak.box);
+      peak.snapshot = snapshot;
+    }
+    const picture = { box: peak?.box ?? null, snapshot };
+    if (message.type === 'end') this.peak = undefined;
+    return picture;
+  }
+
+  private boxOf(entry: ScoredEntry): Box | null {
+    const { width, height } = this.deps.bundle.manifest.input;
+    let max = 0;
+    for (const value of entry.map) if (value > max) max = value;
+    if (!(max > 0)) return null;
+    const box = anomalyBox(entry.map, width, height, max * BOX_LEVEL);
+    const source = this.deps.source.sourceSize ?? { width, height };
+    return box && toSourceBox(box, { width, height }, source, this.cropPixels());
+  }
+
+  cropPixels(): Box | undefined {
+    const crop = this.deps.camera.crop;
+    const source = this.deps.source.sourceSize;
+    if (!crop || !source) return undefined;
+    return { x: crop.x * source.width, y: crop.y * source.height, width: crop.width * source.width, height: crop.height * source.height };
+  }
+
+  private writeSnapshot(eventId: string, entry: ScoredEntry, box: Box | null): string | null {
+    const { snapshots, source, bundle, camera, log } = this.deps;
+    const store = snapshots!;
+    const { width, height, channels } = bundle.manifest.input;
+    const preview = source.previewNear(entry.frame.monotonicAt);
+    const target = store.pathFor(camera.name, eventId);
+    store
+      .save({
+        camera: camera.name,
+        eventId,
+        image: preview ? { jpeg: Buffer.from(preview.jpeg) } : { pixels: entry.frame.data, width, height, channels },
+        map: entry.map,
+        mapWidth: width,
+        mapHeight: height,
+        box,
+        source: source.sourceSize,
+        crop: this.cropPixels(),
+      })
+      .catch((error: unknown) => log.warn(`camera ${camera.name}: snapshot ${target} not written: ${(error as Error).message}`));
+    return target;
+  }
+}

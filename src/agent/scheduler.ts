@@ -1,0 +1,150 @@
+import { systemClock, type Clock } from '../clock.js';
+import { normaliseInput } from '../image/normalise.js';
+import { fromInterleavedBytes, type ImageTensor } from '../image/tensor.js';
+import type { LoadedBundle } from '../model/bundle.js';
+import { inferImages } from '../model/infer.js';
+import type { FrameScore } from '../scoring/frame.js';
+import type { Frame } from '../source/index.js';
+
+/** What the scheduler needs from a camera: its frames, its model, and where results go. */
+export interface ScoringCamera {
+  readonly name: string;
+  readonly bundle: LoadedBundle;
+  /** Model-resolution ignore mask (1 = ignore), the same array for every frame. */
+  readonly ignoreMask: Uint8Array | undefined;
+  /** The next waiting frame, if any (the camera's bounded queue). */
+  take(): Frame | undefined;
+  scored(frame: Frame, score: FrameScore, inferenceSeconds: number): void;
+  /** The frame could not be scored (inference threw, or the score came out non-finite). */
+  failed(frame: Frame, error: Error): void;
+}
+
+export interface SchedulerOptions {
+  clock?: Clock;
+  /** Called after every round that scored or failed frames (metrics sync). */
+  onRound?: () => void;
+}
+
+/**
+ * Owns take -> tensor -> infer -> score for every camera. One round takes at most
+ * one frame per camera and runs the frames of cameras that share a model as one
+ * batch; rounds repeat while frames wait. Frames that arrive meanwhile wait in
+ * their camera's bounded queue (the oldest dropped and counted when inference
+ * falls behind), so nothing here grows without bound.
+ */
+export class InferenceScheduler {
+  private readonly cameras: ScoringCamera[] = [];
+  private readonly clock: Clock;
+  private readonly onRound: () => void;
+  private running: Promise<void> | undefined;
+  private again = false;
+  private stopped = false;
+  /** Monotonic ms at which the round in progress began; undefined while idle. */
+  private roundStartedAt: number | undefined;
+  private roundsCompleted = 0;
+
+  constructor(options: SchedulerOptions = {}) {
+    this.clock = options.clock ?? systemClock;
+    this.onRound = options.onRound ?? (() => {});
+  }
+
+  add(camera: ScoringCamera): void {
+    this.cameras.push(camera);
+  }
+
+  /** A frame arrived somewhere: score what waits, now or right after the round in progress. */
+  wake(): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.drain()).finally(() => (this.running = undefined));
+  }
+
+  /** No new rounds; resolves once the round in progress finished, so no frame is scored after its camera closed its events. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.running;
+  }
+
+  /** Rounds finished since start (liveness). */
+  get rounds(): number {
+    return this.roundsCompleted;
+  }
+
+  /** How long the round in progress has been running (ms), or 0 while idle: a stuck inference shows here. */
+  busyForMs(): number {
+    return this.roundStartedAt === undefined ? 0 : this.clock.monotonic() - this.roundStartedAt;
+  }
+
+  private async drain(): Promise<void> {
+    do {
+      this.again = false;
+      const ready: { camera: ScoringCamera; frame: Frame }[] = [];
+      for (const camera of this.cameras) {
+        const frame = camera.take();
+        if (frame) ready.push({ camera, frame });
+      }
+      if (ready.length === 0) return;
+      this.again = true;
+      this.roundStartedAt = this.clock.monotonic();
+      try {
+        await this.round(ready);
+      } finally {
+        this.roundStartedAt = undefined;
+        this.roundsCompleted++;
+      }
+      this.onRound();
+    } while (this.again && !this.stopped);
+  }
+
+  private async round(ready: { camera: ScoringCamera; frame: Frame }[]): Promise<void> {
+    const byBundle = new Map<LoadedBundle, typeof ready>();
+    for (const item of ready) {
+      const group = byBundle.get(item.camera.bundle) ?? [];
+      group.push(item);
+      byBundle.set(item.camera.bundle, group);
+    }
+    for (const [bundle, group] of byBundle) {
+      let images: ImageTensor[];
+      let outputs: Awaited<ReturnType<typeof inferImages>>;
+      try {
+        images = group.map(({ frame }) => tensorOf(bundle, frame));
+        outputs = await inferImages(bundle.model, images, group.length);
+      } catch (error) {
+        const failure = new Error(`inference failed: ${(error as Error).message}`, { cause: error });
+        for (const { camera, frame } of group) camera.failed(frame, failure);
+        continue;
+      }
+      const seconds = outputs.inferenceMs / 1000 / group.length;
+      group.forEach(({ camera, frame }, i) => {
+        let score: FrameScore;
+        try {
+          score = bundle.scorer.score(images[i]!, outputs.recon[i]!, outputs.mu[i]!, camera.ignoreMask, outputs.map?.[i]);
+        } catch (error) {
+          camera.failed(frame, error as Error);
+          return;
+        }
+        if (!Number.isFinite(score.score)) {
+          camera.failed(
+            frame,
+            new Error(`the model gave a non-finite score (${score.score}); its outputs or calibration are broken: retrain or re-export ${bundle.dir}`),
+          );
+          return;
+        }
+        try {
+          camera.scored(frame, score, seconds);
+        } catch (error) {
+          camera.failed(frame, error as Error);
+        }
+      });
+    }
+  }
+}
+
+/** The model input for a raw frame: bytes to a CHW float tensor, normalised as the bundle was trained. */
+export function tensorOf(bundle: LoadedBundle, frame: Frame): ImageTensor {
+  const { input } = bundle.manifest;
+  return normaliseInput(fromInterleavedBytes(frame.data, input.width, input.height, input.channels), input.normalisation);
+}

@@ -1,0 +1,147 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { InferenceScheduler, type ScoringCamera } from '../../src/agent/scheduler.js';
+import { loadBundle, type LoadedBundle } from '../../src/model/bundle.js';
+import type { Frame } from '../../src/source/index.js';
+
+// The shipped demo bundle on the real onnxruntime: the scheduler is tested with the real model.
+let bundle: LoadedBundle;
+beforeAll(async () => {
+  bundle = await loadBundle('models/demo', { variant: 'int8' });
+});
+afterAll(async () => bundle?.dispose());
+
+function frame(seq: number, value = 128): Frame {
+  const { width, height, channels } = bundle.manifest.input;
+  const data = new Uint8Array(width * height * channels);
+  for (let i = 0; i < data.length; i++) data[i] = (value + ((i * 7 + seq) % 31)) & 255;
+  return { cameraId: 'cam', seq, capturedAt: Date.now(), monotonicAt: performance.now(), width, height, channels, data };
+}
+
+class TestCamera implements ScoringCamera {
+  readonly queue: Frame[] = [];
+  readonly scores: { seq: number; score: number }[] = [];
+  readonly failures: { seq: number; message: string }[] = [];
+  ignoreMask = undefined;
+  constructor(
+    readonly name: string,
+    public bundle: LoadedBundle,
+  ) {}
+  take(): Frame | undefined {
+    return this.queue.shift();
+  }
+  scored(frame: Frame, score: { score: number }): void {
+    this.scores.push({ seq: frame.seq, score: score.score });
+  }
+  failed(frame: Frame, error: Error): void {
+    this.failures.push({ seq: frame.seq, message: error.message });
+  }
+}
+
+/** Waits until `count` frames of the given cameras came back (scored or failed). */
+async function settled(cameras: TestCamera[], count: number): Promise<void> {
+  const done = () => cameras.reduce((sum, camera) => sum + camera.scores.length + camera.failures.length, 0) >= count;
+  for (let i = 0; i < 400 && !done(); i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  // A little longer: nothing more may arrive.
+  await new Promise((resolve) => setTimeout(resolve, 30));
+}
+
+describe('InferenceScheduler', () => {
+  it('scores every waiting frame of every camera, in order per camera, batching cameras that share a model', async () => {
+    const runs: number[] = [];
+    const counting: LoadedBundle = { ...bundle, model: { ...bundle.model, providers: bundle.model.providers, run: (input, count) => (runs.push(count), bundle.model.run(input, count)), dispose: async () => {} } };
+    const a = new TestCamera('a', counting);
+    const b = new TestCamera('b', counting);
+    const scheduler = new InferenceScheduler();
+    scheduler.add(a);
+    scheduler.add(b);
+    for (let seq = 1; seq <= 5; seq++) a.queue.push(frame(seq));
+    for (let seq = 1; seq <= 3; seq++) b.queue.push(frame(seq));
+    scheduler.wake();
+    scheduler.wake(); // a second wake while busy does not start a second loop
+    await settled([a, b], 8);
+    expect(a.failures).toEqual([]);
+    expect(a.scores.map((s) => s.seq)).toEqual([1, 2, 3, 4, 5]);
+    expect(b.scores.map((s) => s.seq)).toEqual([1, 2, 3]);
+    expect(a.scores.every((s) => Number.isFinite(s.score))).toBe(true);
+    // Three rounds with both cameras in one batch of two, then two rounds of one.
+    expect(runs).toEqual([2, 2, 2, 1, 1]);
+    expect(scheduler.rounds).toBe(5);
+  });
+
+  it('reports frames whose score is not finite as failures instead of scoring them', async () => {
+    const broken: LoadedBundle = {
+      ...bundle,
+      model: {
+        providers: ['cpu'],
+        run: async (input, count) => {
+          const out = await bundle.model.run(input, count);
+          const nan = (values: Float32Array | undefined) => values && new Float32Array(values.length).fill(Number.NaN);
+          return { recon: nan(out.recon)!, mu: nan(out.mu)!, ...(out.map ? { map: nan(out.map) } : {}) };
+        },
+        dispose: async () => {},
+      },
+    };
+    const camera = new TestCamera('broken', broken);
+    const scheduler = new InferenceScheduler();
+    scheduler.add(camera);
+    camera.queue.push(frame(1), frame(2));
+    scheduler.wake();
+    await settled([camera], 2);
+    expect(camera.scores).toEqual([]);
+    expect(camera.failures.map((failure) => failure.seq)).toEqual([1, 2]);
+    expect(camera.failures[0]!.message).toMatch(/non-finite score/);
+  });
+
+  it('hands an inference error to each camera of the batch and keeps going with the next frames', async () => {
+    let fail = true;
+    const flaky: LoadedBundle = {
+      ...bundle,
+      model: {
+        providers: ['cpu'],
+        run: (input, count) => (fail ? ((fail = false), Promise.reject(new Error('device lost'))) : bundle.model.run(input, count)),
+        dispose: async () => {},
+      },
+    };
+    const camera = new TestCamera('flaky', flaky);
+    const scheduler = new InferenceScheduler();
+    scheduler.add(camera);
+    camera.queue.push(frame(1), frame(2));
+    scheduler.wake();
+    await settled([camera], 2);
+    expect(camera.failures).toEqual([{ seq: 1, message: 'inference failed: device lost' }]);
+    expect(camera.scores.map((s) => s.seq)).toEqual([2]);
+  });
+
+  it('shows a hung inference round in busyForMs, and stop() waits for the round in progress', async () => {
+    let release: () => void = () => {};
+    const slow: LoadedBundle = {
+      ...bundle,
+      model: {
+        providers: ['cpu'],
+        run: async (input, count) => {
+          await new Promise<void>((resolve) => (release = resolve));
+          return bundle.model.run(input, count);
+        },
+        dispose: async () => {},
+      },
+    };
+    const camera = new TestCamera('slow', slow);
+    const scheduler = new InferenceScheduler();
+    scheduler.add(camera);
+    camera.queue.push(frame(1), frame(2));
+    scheduler.wake();
+    await new Promise((resolve) => setTimeout(resolve, 120));
+    expect(scheduler.busyForMs()).toBeGreaterThanOrEqual(100);
+    const stopped = scheduler.stop();
+    let done = false;
+    void stopped.then(() => (done = true));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(done).toBe(false);
+    release();
+    await stopped;
+    // The round in progress finished; no round started after stop().
+    expect(camera.scores.map((s) => s.seq)).toEqual([1]);
+    expect(camera.queue.map((f) => f.seq)).toEqual([2]);
+    expect(scheduler.busyForMs()).toBe(0);
+  });
+});
