@@ -491,7 +491,7 @@ async function benchVideo(video: string, tmp: string): Promise<DatasetResult<Vid
       for (const variant of arm.variants) {
         const replayBegan = performance.now();
         try {
-          const replay = await replayVideo({ model: bundle, video, fps: VIDEO_FPS, variant, threads: 1, batch: 1 });
+          const replay = await replayVideo({ model: bundle, video, fps: VIDEO_FPS, variant, threads: 1 });
           const aurocs = frameAurocs(replay.frames.map((f) => f.t), replay.frames.map((f) => f.score));
           const figures: VideoFigures = {
             threshold: replay.threshold,

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { registerEval } from './eval.js';
+import { registerReplay } from './replay.js';
 import { registerRun } from './run.js';
 import { registerTrain } from './train.js';
 import { registerValidateConfig } from './validate-config.js';
@@ -10,4 +11,5 @@ export function registerCommands(program: Command): void {
   registerValidateConfig(program);
   registerTrain(program);
   registerEval(program);
+  registerReplay(program);
 }

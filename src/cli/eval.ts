@@ -1,8 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { DEFAULT_EVAL_BATCH, evaluate, formatSummary, summarise } from '../toolkit/eval/eval.js';
-import { writeReport } from '../toolkit/eval/report.js';
 import { resolveImageList } from '../image/load.js';
 import { loadBundle } from '../model/bundle.js';
 import { readManifest, VARIANTS, type Variant } from '../model/manifest.js';
@@ -33,9 +31,12 @@ export function registerEval(program: Command): void {
     .addOption(new Option('--variant <name>', 'model variant to evaluate (default: int8 where the bundle has it)').choices([...VARIANTS]))
     .option('--json <file>', 'write the figures and per-image scores as JSON')
     .option('--report <dir>', 'write roc.png, heatmaps.png and index.html to this folder')
-    .option('--batch <n>', 'images per model run', parseInteger, DEFAULT_EVAL_BATCH)
+    .option('--batch <n>', 'images per model run', parseInteger, 16)
     .option('--threads <n>', 'onnxruntime intra-op threads', parseInteger)
     .action(async (flags: EvalFlags) => {
+      // The toolkit loads only when the command runs, not with every `linewatch` invocation.
+      const { evaluate, formatSummary, summarise } = await import('../toolkit/eval/eval.js');
+      const { writeReport } = await import('../toolkit/eval/report.js');
       const resolveAll = async (specs: string[]) => (await Promise.all(specs.map((spec) => resolveImageList(spec, flags.root)))).flat();
       const normalPaths = await resolveAll(flags.normal);
       const anomalousPaths = await resolveAll(flags.anomalous);
