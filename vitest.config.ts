@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import NoSkipsInCi from './tests/support/no-skips-in-ci.js';
 
 // Two cores: run test files two at a time in child processes (onnxruntime and
 // tfjs-wasm keep native state that is safer in forks than in worker threads).
@@ -9,6 +10,6 @@ export default defineConfig({
     maxWorkers: 2,
     testTimeout: 60_000,
     hookTimeout: 120_000,
-    reporters: ['default'],
+    reporters: ['default', new NoSkipsInCi()],
   },
 });
