@@ -1,9 +1,10 @@
 import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { UsageError } from '../../src/errors.js';
 import { DurableOutbox, type OutboxEntry } from '../../src/publish/outbox.js';
+import { mountTmpfs, tmpfsUnavailable } from '../helpers/tmpfs.js';
 
 let dir: string;
 let file: string;
@@ -174,6 +175,46 @@ describe('DurableOutbox', () => {
     } catch (error) {
       expect((error as UsageError).message).toContain(target);
       expect((error as UsageError).hint).toContain('dataDir');
+    }
+  });
+});
+
+const noTmpfs = tmpfsUnavailable();
+if (noTmpfs) console.warn(`outbox disk-retry test skipped: ${noTmpfs}`);
+
+describe.skipIf(noTmpfs !== undefined)('DurableOutbox on a full disk, driven by fake timers', () => {
+  beforeEach(() => vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'setTimeout', 'clearTimeout', 'Date'] }));
+  afterEach(() => vi.useRealTimers());
+
+  it('keeps events in memory, retries every retryMs without a warning per try, and writes them back once space returns', () => {
+    const disk = mountTmpfs('64k');
+    try {
+      const file = join(disk.dir, 'outbox.jsonl');
+      disk.fill();
+      const changes: string[] = [];
+      const outbox = DurableOutbox.open({
+        file,
+        retryMs: 5000,
+        onDurabilityChange: (durable, reason) => changes.push(durable ? 'durable' : `not durable: ${reason}`),
+      });
+      for (let i = 0; i < 3; i++) outbox.add('t/events', JSON.stringify({ i }));
+      expect(outbox.durable).toBe(false);
+      expect(outbox.size).toBe(3);
+      vi.advanceTimersByTime(60_000); // twelve retries on a disk that is still full
+      expect(changes).toHaveLength(1);
+      expect(changes[0]).toMatch(/^not durable: .*ENOSPC/);
+      disk.free();
+      vi.advanceTimersByTime(4999);
+      expect(outbox.durable).toBe(false);
+      vi.advanceTimersByTime(1);
+      expect(outbox.durable).toBe(true);
+      expect(changes).toEqual([changes[0], 'durable']);
+      outbox.close();
+      const reopened = DurableOutbox.open({ file, retryMs: 0 });
+      expect([...reopened.entries()].map((entry) => JSON.parse(entry.payload).i)).toEqual([0, 1, 2]);
+      reopened.close();
+    } finally {
+      disk.unmount();
     }
   });
 });

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { InferenceScheduler, type ScoringCamera } from '../../src/agent/scheduler.js';
 import { loadBundle, type LoadedBundle } from '../../src/model/bundle.js';
 import type { Frame } from '../../src/source/index.js';
@@ -143,5 +143,25 @@ describe('InferenceScheduler', () => {
     expect(camera.scores.map((s) => s.seq)).toEqual([1]);
     expect(camera.queue.map((f) => f.seq)).toEqual([2]);
     expect(scheduler.busyForMs()).toBe(0);
+  });
+
+  it('reports how long a hung round has run on the clock it was given (fake timers)', async () => {
+    vi.useFakeTimers({ toFake: ['performance', 'setImmediate', 'setTimeout'] });
+    try {
+      const hung: LoadedBundle = { ...bundle, model: { providers: ['cpu'], run: () => new Promise(() => {}), dispose: async () => {} } };
+      const camera = new TestCamera('hung', hung);
+      const scheduler = new InferenceScheduler();
+      scheduler.add(camera);
+      camera.queue.push(frame(1));
+      expect(scheduler.busyForMs()).toBe(0);
+      scheduler.wake();
+      await vi.advanceTimersByTimeAsync(0); // the round starts on the next turn of the event loop
+      await vi.advanceTimersByTimeAsync(45_000);
+      expect(scheduler.busyForMs()).toBe(45_000);
+      expect(scheduler.rounds).toBe(0);
+      expect(camera.scores).toEqual([]);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
