@@ -50,6 +50,8 @@ export class App {
   private readonly startedAt: Date;
   private readonly recentEvents: RecentEvent[] = [];
   private readonly bundles = new Map<string, LoadedBundle>();
+  /** Where integrations (Sparkplug B, Home Assistant) receive every camera message. */
+  private readonly integrationSinks: Partial<EventSink>[] = [];
   private cameras: CameraConfig[] = [];
   private broker: EmbeddedBroker | undefined;
   private publisher: MqttPublisher | undefined;
@@ -69,6 +71,10 @@ export class App {
     this.scheduler = new InferenceScheduler({ clock: this.clock, onRound: () => this.syncMqttMetrics() });
     this.controller.add({ name: 'mqtt', start: () => this.startMqtt(), stop: () => this.stopMqtt() });
     this.controller.add({ name: 'models', start: () => this.loadModels(), stop: () => this.disposeModels() });
+    // Integrations: optional components started before the cameras (so they see the first
+    // statuses) and stopped after them (so they see the last events). Each one also adds
+    // its EventSink to this.integrationSinks.
+    // (integrations are added here)
     this.controller.add({ name: 'cameras', start: () => this.startCameras(), stop: () => this.stopCameras() });
     this.controller.add({ name: 'health server', optional: true, start: () => this.startHealth(), stop: async () => this.health?.close() });
     this.controller.add({ name: 'systemd', optional: true, start: () => this.startSystemd(), stop: () => this.stopSystemd() });
@@ -263,6 +269,7 @@ export class App {
         { event: (payload) => this.metrics.eventMessage(payload.camera, payload.type) },
         recent,
         { event: (payload) => this.announce(describeEvent(payload)) },
+        ...this.integrationSinks,
       ],
       (error) => this.log.error(`delivering an event message failed: ${(error as Error).stack ?? String(error)}`),
     );

@@ -89,6 +89,10 @@ export interface MqttTopics {
   cameraStatus(camera: string): string;
   events(camera: string): string;
   score(camera: string): string;
+  /** Commands to a camera (triggered inspection). */
+  inspect(camera: string): string;
+  /** Results of triggered inspections. */
+  inspections(camera: string): string;
 }
 
 export function mqttTopics(baseTopic: string): MqttTopics {
@@ -103,6 +107,8 @@ export function mqttTopics(baseTopic: string): MqttTopics {
     cameraStatus: (camera) => cameraTopic(camera, 'status'),
     events: (camera) => cameraTopic(camera, 'events'),
     score: (camera) => cameraTopic(camera, 'score'),
+    inspect: (camera) => cameraTopic(camera, 'inspect'),
+    inspections: (camera) => cameraTopic(camera, 'inspections'),
   };
 }
 
@@ -224,6 +230,7 @@ export class MqttPublisher {
   private diskFailure: string | undefined;
   private diskRetry: Timer | undefined;
   private readonly cameraStatuses = new Map<string, CameraStatusPayload>();
+  private readonly subscriptions = new Map<string, { handler: (topic: string, payload: Buffer) => void; qos: 0 | 1 }>();
   private readonly lastScoreAt = new Map<string, number>();
   private readonly inFlight = new Set<number>();
   private readonly connectionListeners = new Set<(connected: boolean) => void>();
@@ -284,6 +291,7 @@ export class MqttPublisher {
     this.client.on('connect', () => this.onConnect());
     this.client.on('close', () => this.onClose());
     this.client.on('error', (error) => this.onError(error));
+    this.client.on('message', (topic, payload) => this.onMessage(topic, payload));
   }
 
   /**
@@ -338,6 +346,45 @@ export class MqttPublisher {
   publishEvent(event: AnomalyEventPayload): void {
     this.enqueueEvent(event);
     this.pumpOutbox();
+  }
+
+  /**
+   * Any message at QoS 1 through the durable outbox (an inspection result, an
+   * integration's message that must not be lost): at least once, in order with events.
+   */
+  publishDurable(topic: string, payload: string): void {
+    this.outbox.add(topic, payload);
+    this.pumpOutbox();
+  }
+
+  /**
+   * A retained message (an integration's discovery config). Not queued: while
+   * disconnected it is dropped, so the owner re-sends on `onConnectionChange(true)`.
+   */
+  publishRetained(topic: string, payload: string, qos: 0 | 1 = 1): boolean {
+    if (!this.ready) return false;
+    this.publish(topic, payload, { qos, retain: true });
+    return true;
+  }
+
+  /** A QoS 0 message sent now if connected (a command's error reply); returns whether it was sent. */
+  publishNow(topic: string, payload: string): boolean {
+    if (!this.ready) return false;
+    this.publish(topic, payload, { qos: 0 });
+    return true;
+  }
+
+  /**
+   * Calls `handler` for every message on `filter` (MQTT wildcards allowed); the
+   * subscription is renewed on every reconnect. Returns an unsubscribe.
+   */
+  subscribe(filter: string, handler: (topic: string, payload: Buffer) => void, qos: 0 | 1 = 1): () => void {
+    this.subscriptions.set(filter, { handler, qos });
+    if (this.ready) this.client.subscribe(filter, { qos });
+    return () => {
+      this.subscriptions.delete(filter);
+      if (this.ready) this.client.unsubscribe(filter);
+    };
   }
 
   /** Retained; the latest status per camera is re-published on every reconnect. */
@@ -457,9 +504,22 @@ export class MqttPublisher {
     for (const [camera, status] of this.cameraStatuses) {
       this.publish(this.topics.cameraStatus(camera), JSON.stringify(status), { qos: 1, retain: true });
     }
+    for (const [filter, { qos }] of this.subscriptions) this.client.subscribe(filter, { qos });
     this.pumpOutbox();
     this.notify(true);
     this.firstAttempt.settle();
+  }
+
+  private onMessage(topic: string, payload: Buffer): void {
+    for (const [filter, { handler }] of this.subscriptions) {
+      if (!topicMatches(filter, topic)) continue;
+      try {
+        handler(topic, payload);
+      } catch (error) {
+        // A handler bug costs that message, never the connection or the process.
+        this.logger.warn(`MQTT message on ${topic} not handled: ${(error as Error).message}`);
+      }
+    }
   }
 
   private onClose(): void {
@@ -663,4 +723,16 @@ function withTimeout<T>(promise: Promise<T>, timeoutMs: number, fallback: T): Pr
     promise.finally(() => clearTimeout(timer)),
     new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback), timeoutMs))),
   ]);
+}
+
+/** Whether `topic` matches the subscription `filter` (`+` one level, `#` the rest). */
+export function topicMatches(filter: string, topic: string): boolean {
+  const wanted = filter.split('/');
+  const actual = topic.split('/');
+  for (let i = 0; i < wanted.length; i++) {
+    if (wanted[i] === '#') return true;
+    if (i >= actual.length) return false;
+    if (wanted[i] !== '+' && wanted[i] !== actual[i]) return false;
+  }
+  return wanted.length === actual.length;
 }
