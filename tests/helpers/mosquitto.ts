@@ -30,6 +30,12 @@ export interface MosquittoOptions {
   persistence?: boolean;
   /** Serve MQTT over TLS with these PEM files; clients must present a certificate signed by `caFile`. */
   tls?: { caFile: string; certFile: string; keyFile: string };
+  /**
+   * mosquitto.conf lines appended after the ones above (a bridge, queue
+   * limits). Leave out what this helper sets: another `listener` would open a
+   * second port, and mosquitto refuses a second `persistence_location`.
+   */
+  extraConfig?: string[];
 }
 
 export interface TestCertificates {
@@ -118,6 +124,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
     }
     configLines.push(`password_file ${passwordFile}`);
   }
+  configLines.push(...(options.extraConfig ?? []));
   const configFile = join(dir, 'mosquitto.conf');
   writeFileSync(configFile, configLines.join('\n') + '\n');
 
