@@ -8,13 +8,16 @@ import { SystemdNotifier } from '../health/systemd.js';
 import type { Logger } from '../log.js';
 import { loadBundle, type LoadedBundle } from '../model/bundle.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from '../publish/broker.js';
+import { HomeAssistantDiscovery } from '../publish/homeassistant.js';
 import { MqttPublisher, redactUrl } from '../publish/mqtt.js';
 import type { AnomalyEventPayload } from '../publish/payloads.js';
 import { SnapshotStore } from '../publish/snapshot.js';
+import { sparkplugNodeFromConfig } from '../publish/sparkplug.js';
 import { LINEWATCH_VERSION } from '../version.js';
 import { CameraPipeline, describeEvent } from './camera.js';
 import { Controller } from './controller.js';
 import { fanOut, type EventSink } from './event-sink.js';
+import { INSPECTION_LIMITS, InspectionDesk } from './inspection.js';
 import { Liveness } from './liveness.js';
 import { InferenceScheduler } from './scheduler.js';
 
@@ -57,6 +60,8 @@ export class App {
   private publisher: MqttPublisher | undefined;
   private pipelines: CameraPipeline[] = [];
   private health: HealthServer | undefined;
+  private inspections: InspectionDesk | undefined;
+  private unsubscribeInspect: (() => void) | undefined;
   private liveness: Liveness | undefined;
   private brokerUrl = '';
 
@@ -74,6 +79,33 @@ export class App {
     // Integrations: optional components started before the cameras (so they see the first
     // statuses) and stopped after them (so they see the last events). Each one also adds
     // its EventSink to this.integrationSinks.
+    if (this.config.homeassistant.enabled) {
+      // Built at start: it needs the publisher, which the mqtt component creates.
+      let discovery: HomeAssistantDiscovery | undefined;
+      this.controller.add({
+        name: 'homeassistant',
+        optional: true,
+        start: () =>
+          (discovery = new HomeAssistantDiscovery({
+            publisher: this.publisher!,
+            config: this.config,
+            cameras: this.cameras,
+            log: this.log.child({ component: 'homeassistant' }),
+          })).start(),
+        stop: async () => discovery?.stop(),
+      });
+    }
+    if (this.config.sparkplug.enabled) {
+      const sparkplug = sparkplugNodeFromConfig(this.config, {
+        brokerUrl: () => this.brokerUrl,
+        cameras: () => this.cameras.map((camera) => camera.name),
+        cameraStats: () => Object.fromEntries(this.pipelines.map((pipeline) => [pipeline.name, pipeline.stats()])),
+        log: this.log.child({ component: 'sparkplug' }),
+        clock: this.clock,
+      });
+      this.controller.add(sparkplug);
+      this.integrationSinks.push(sparkplug);
+    }
     // (integrations are added here)
     this.controller.add({ name: 'cameras', start: () => this.startCameras(), stop: () => this.stopCameras() });
     this.controller.add({ name: 'health server', optional: true, start: () => this.startHealth(), stop: async () => this.health?.close() });
@@ -203,11 +235,23 @@ export class App {
         this.scheduler.wake();
       });
     }
+    const publisher = this.publisher!;
+    this.inspections = new InspectionDesk({
+      cameras: this.pipelines.map((pipeline) => pipeline.inspections),
+      clock: this.clock,
+      log: log.child({ component: 'inspection' }),
+      refuse: (reply) => publisher.publishNow(publisher.topics.inspections(reply.camera), JSON.stringify(reply)),
+    });
+    // `+` rather than one subscription per camera, so that a command for a camera that does not exist is answered too.
+    this.unsubscribeInspect = publisher.subscribe(`${config.mqtt.baseTopic}/+/inspect`, (topic, payload, packet) =>
+      this.inspections?.command(topic.split('/').at(-2) ?? '', payload, packet.retain),
+    );
     for (const pipeline of this.pipelines) await pipeline.start();
   }
 
   /** The round in progress finishes first, so no frame is scored after its camera closed its events. */
   private async stopCameras(): Promise<void> {
+    this.unsubscribeInspect?.();
     await this.scheduler.stop();
     await Promise.all(this.pipelines.map((pipeline) => pipeline.stop()));
   }
@@ -221,6 +265,7 @@ export class App {
       metrics: this.metrics,
       snapshot: () => this.snapshot(),
       snapshotDir: path.join(config.dataDir, 'snapshots'),
+      inspect: { maxBodyBytes: INSPECTION_LIMITS.commandMaxBytes, handle: (camera, body) => this.inspections!.http(camera, body) },
     });
     this.log.info(`health: ${this.health.url}/healthz, metrics: ${this.health.url}/metrics, status page: ${this.health.url}/`);
   }
@@ -244,6 +289,7 @@ export class App {
   /** Each event message to MQTT, the metrics, the operator page's recent events and the event lines. */
   private eventSink(): EventSink {
     const publisher = this.publisher!;
+    const scoreTopicCameras = new Set(this.cameras.filter((camera) => camera.scorePublish).map((camera) => camera.name));
     const recent: Partial<EventSink> = {
       event: (payload: AnomalyEventPayload) => {
         this.recentEvents.unshift({
@@ -264,9 +310,14 @@ export class App {
         {
           event: (payload) => publisher.publishEvent(payload),
           cameraStatus: (camera, status) => publisher.publishCameraStatus(camera, status),
-          score: (camera, payload) => publisher.publishScore(camera, payload),
+          inspection: (payload) => publisher.publishDurable(publisher.topics.inspections(payload.camera), JSON.stringify(payload)),
+          // Every camera's scores reach the sinks (Sparkplug needs them); only those with scorePublish go to <base>/<camera>/score.
+          score: (camera, payload) => {
+            if (scoreTopicCameras.has(camera)) publisher.publishScore(camera, payload);
+          },
         },
         { event: (payload) => this.metrics.eventMessage(payload.camera, payload.type) },
+        { inspection: (payload) => this.metrics.inspection(payload.camera, 'error' in payload ? payload.error : payload.result) },
         recent,
         { event: (payload) => this.announce(describeEvent(payload)) },
         ...this.integrationSinks,

@@ -1,5 +1,6 @@
+import { randomUUID } from 'node:crypto';
 import { systemClock, type Clock } from '../clock.js';
-import type { CameraConfig } from '../config/index.js';
+import type { CameraConfig, CameraMode } from '../config/index.js';
 import type { CameraSnapshot } from '../health/agent-snapshot.js';
 import type { AgentMetrics } from '../health/metrics.js';
 import type { Logger } from '../log.js';
@@ -23,6 +24,7 @@ import {
 import { CameraState } from './camera-state.js';
 import { EventPictures } from './event-pictures.js';
 import type { EventSink } from './event-sink.js';
+import { CameraInspections } from './inspection.js';
 import type { ScoringCamera } from './scheduler.js';
 
 export interface CameraPipelineDeps {
@@ -61,6 +63,9 @@ export class CameraPipeline implements ScoringCamera {
   readonly bundle: LoadedBundle;
   readonly threshold: number;
   readonly ignoreMask: Uint8Array | undefined;
+  readonly mode: CameraMode;
+  /** Inspect commands waiting for this camera's next frame (InspectionDesk routes them here). */
+  readonly inspections: CameraInspections;
   private readonly camera: CameraConfig;
   private readonly sink: EventSink;
   private readonly clock: Clock;
@@ -108,6 +113,19 @@ export class CameraPipeline implements ScoringCamera {
     });
     this.state = new CameraState(camera.name, this.threshold, { metrics: deps.metrics, log, clock: this.clock, sourceStats: () => this.source.stats() });
     this.pictures = new EventPictures({ camera, bundle, source: this.source, snapshots: deps.snapshots, log, keep: camera.debounce.n + 1 });
+    this.mode = camera.mode;
+    this.inspections = new CameraInspections({
+      camera: camera.name,
+      threshold: this.threshold,
+      fps: camera.fps,
+      clock: this.clock,
+      deliver: (reply) => this.sink.inspection?.(reply),
+      describeSource: () => {
+        const status = this.state.current();
+        return status.reason ? `${status.state}: ${status.reason}` : status.state;
+      },
+      onError: (error) => log.error(`camera ${camera.name}: inspection reply failed: ${(error as Error).stack ?? String(error)}`),
+    });
     this.source.on('status', (change) => this.onStatus(change));
     this.source.on('sourceSize', (size) => this.checkAspect(size, log));
   }
@@ -116,29 +134,42 @@ export class CameraPipeline implements ScoringCamera {
     await this.source.start();
   }
 
-  /** Stop ffmpeg, then end an open event with reason `shutdown`. */
+  /** Stop ffmpeg, then end an open event with reason `shutdown` and answer waiting inspections likewise. */
   async stop(): Promise<void> {
     this.stopping = true;
     await this.source.stop();
     this.emit(this.tracker.close('shutdown', { monotonicMs: this.clock.monotonic(), wallMs: this.clock.now() }));
+    this.inspections.close();
   }
 
   take(): Frame | undefined {
-    return this.source.take();
+    if (this.mode === 'continuous') return this.source.take();
+    // Triggered: ffmpeg keeps streaming so that a fresh frame is always at most one period
+    // away, but only a frame read after a waiting command is scored. The others are passed
+    // over, not counted as dropped: nobody asked for them.
+    for (let frame = this.source.take(); frame !== undefined; frame = this.source.take()) {
+      if (this.inspections.wants(frame)) return frame;
+    }
+    return undefined;
   }
 
   scored(frame: Frame, result: FrameScore, inferenceSeconds: number): void {
     this.state.scored(result.score, frame.monotonicAt, inferenceSeconds);
-    if (this.camera.scorePublish) {
-      this.sink.score(this.name, { at: new Date(frame.capturedAt).toISOString(), score: result.score, threshold: this.threshold });
-    }
+    // Before the events: a line that waits on the verdict should not wait on the debouncer.
+    this.inspections.scored(frame, result.score, (failed) =>
+      failed ? this.pictures.still(frame, result.map, `inspection-${randomUUID()}`) : { box: null, snapshot: null },
+    );
+    // Always: integrations (Sparkplug) want scores whatever scorePublish says; the MQTT sink applies it.
+    this.sink.score(this.name, { at: new Date(frame.capturedAt).toISOString(), score: result.score, threshold: this.threshold });
+    if (this.mode === 'triggered') return;
     const messages = this.tracker.push(result.score, { monotonicMs: frame.monotonicAt, wallMs: frame.capturedAt });
     this.pictures.scored(frame, result.map, this.tracker.peak);
     this.emit(messages);
   }
 
-  failed(_frame: Frame, error: Error): void {
+  failed(frame: Frame, error: Error): void {
     this.state.failed(error);
+    this.inspections.failed(frame, error);
   }
 
   /** Counters for `<base>/stats`. */

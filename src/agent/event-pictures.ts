@@ -60,6 +60,13 @@ export class EventPictures {
     return picture;
   }
 
+  /** Box and snapshot of one frame on its own (a failed inspection); `name` names the snapshot file. */
+  still(frame: Frame, map: Float32Array, name: string): { box: Box | null; snapshot: string | null } {
+    const entry: ScoredEntry = { frame, map };
+    const box = this.boxOf(entry);
+    return { box, snapshot: this.deps.snapshots ? this.writeSnapshot(name, entry, box) : null };
+  }
+
   private boxOf(entry: ScoredEntry): Box | null {
     const { width, height } = this.deps.bundle.manifest.input;
     let max = 0;

@@ -1,4 +1,4 @@
-import type { AnomalyEventPayload, CameraStatusPayload, ScorePayload } from '../publish/payloads.js';
+import type { AnomalyEventPayload, CameraStatusPayload, InspectionReplyPayload, ScorePayload } from '../publish/payloads.js';
 
 /**
  * Where a camera's outputs go. The camera pipeline knows only this interface; the
@@ -9,8 +9,10 @@ export interface EventSink {
   /** One step of an event's lifecycle (start, update, end). */
   event(payload: AnomalyEventPayload): void;
   cameraStatus(camera: string, status: CameraStatusPayload): void;
-  /** A scored frame (only for cameras that publish scores). */
+  /** Every scored frame; the MQTT sink publishes only those of cameras with scorePublish. */
   score(camera: string, payload: ScorePayload): void;
+  /** The one reply to an accepted inspect command (optional: `linewatch replay` takes no commands). */
+  inspection?(payload: InspectionReplyPayload): void;
 }
 
 /** Every message to each sink in turn; a sink that throws does not keep the message from the others. */
@@ -28,5 +30,6 @@ export function fanOut(sinks: readonly Partial<EventSink>[], onError: (error: un
     event: (payload) => each((sink) => sink.event?.(payload)),
     cameraStatus: (camera, status) => each((sink) => sink.cameraStatus?.(camera, status)),
     score: (camera, payload) => each((sink) => sink.score?.(camera, payload)),
+    inspection: (payload) => each((sink) => sink.inspection?.(payload)),
   };
 }

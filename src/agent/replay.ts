@@ -67,7 +67,8 @@ export async function replayRecording(options: ReplayOptions): Promise<ReplayRes
     const messages: AnomalyEventPayload[] = [];
     const frames: ReplayFrame[] = [];
     const pipeline = new CameraPipeline({
-      camera,
+      // A triggered camera is replayed as a continuous one: replay shows what the model makes of every frame.
+      camera: { ...camera, mode: 'continuous' },
       bundle,
       ffmpegPath: options.ffmpegPath ?? 'ffmpeg',
       sink: {

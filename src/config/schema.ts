@@ -26,6 +26,8 @@ import { LOG_FORMATS, LOG_LEVELS } from '../log.js';
 /** Names allowed in MQTT topics and Home Assistant object ids. */
 const TOPIC_SAFE = /^[A-Za-z0-9_-]+$/;
 export const CAMERA_NAME = /^[a-z0-9_-]+$/;
+/** Sparkplug group, edge node and device ids are topic levels: no separators, wildcards or blanks. */
+const SPARKPLUG_ID = /^[^/+#\s]+$/;
 
 /** Execution providers a camera may ask for: the model loader's own table, so the config never accepts one it refuses. */
 export const EXECUTION_PROVIDERS = PROVIDER_NAMES;
@@ -33,6 +35,10 @@ export type ExecutionProvider = ProviderName;
 
 export const HWACCELS = ['none', 'nvidia', 'jetson', 'vaapi'] as const;
 export type Hwaccel = (typeof HWACCELS)[number];
+
+/** continuous: every frame scored, events; triggered: only frames an inspect command asks for (the PLC pattern). */
+export const CAMERA_MODES = ['continuous', 'triggered'] as const;
+export type CameraMode = (typeof CAMERA_MODES)[number];
 
 export { LOG_FORMATS, LOG_LEVELS, type LogLevel } from '../log.js';
 
@@ -195,6 +201,12 @@ export const CameraSettingsSchema = z
       .describe('Execution providers in order of preference; unavailable ones fall back to the next, cpu last.'),
     threads: z.number().int().min(1).max(64).default(1).describe('Intra-op threads of the inference session.'),
     fps: z.number().positive().max(120).default(10).describe('Analysis rate: frames per second scored (ffmpeg drops the rest).'),
+    mode: z
+      .enum(CAMERA_MODES)
+      .default('continuous')
+      .describe(
+        'continuous: score every frame and publish anomaly events; triggered: keep streaming but score only the frame after each inspect command (MQTT <base>/<camera>/inspect or POST /api/cameras/<camera>/inspect), no events.',
+      ),
     transport: z.enum(['tcp', 'udp']).default('tcp').describe('RTSP transport.'),
     socketTimeoutS: z.number().positive().default(DEFAULT_IO_TIMEOUT_MS / 1000).describe('Network read timeout for ffmpeg (RTSP/HTTP), seconds.'),
     stallTimeoutS: z.number().positive().default(10).describe('Restart ffmpeg when no frame arrived for this long, seconds.'),
@@ -361,6 +373,46 @@ export const ConfigFileSchema = z
       })
       .strict()
       .prefault({}),
+    sparkplug: z
+      .object({
+        enabled: z.boolean().default(false).describe('Also act as a Sparkplug B 3.0 edge node (each camera a device) on the mqtt broker, over a connection of its own.'),
+        groupId: z
+          .string()
+          .regex(SPARKPLUG_ID, 'must not contain /, +, # or whitespace (it becomes a Sparkplug topic level)')
+          .default('linewatch')
+          .describe('Sparkplug group id: spBv1.0/<groupId>/...'),
+        edgeNodeId: z
+          .string()
+          .regex(SPARKPLUG_ID, 'must not contain /, +, # or whitespace (it becomes a Sparkplug topic level)')
+          .optional()
+          .describe('Sparkplug edge node id: spBv1.0/<groupId>/<type>/<edgeNodeId>. Unset: the deviceId.'),
+      })
+      .strict()
+      .prefault({})
+      .describe('Sparkplug B edge node: NBIRTH/NDEATH for the agent, DBIRTH/DDATA/DDEATH per camera (anomaly state, score, fps, event counters).'),
+    homeassistant: z
+      .object({
+        enabled: z
+          .boolean()
+          .default(false)
+          .describe('Announce each camera to Home Assistant by MQTT discovery (a device with anomaly, score and last-anomaly image entities), on the mqtt connection.'),
+        prefix: z
+          .string()
+          .regex(/^[^#+]+$/, 'must not contain MQTT wildcards (+ or #)')
+          .refine((topic) => !topic.startsWith('/') && !topic.endsWith('/') && !topic.includes('//'), 'must not start or end with / or have an empty level')
+          .default('homeassistant')
+          .describe("Home Assistant's discovery prefix (its MQTT integration setting); its birth message is expected on <prefix>/status."),
+        snapshotBaseUrl: z
+          .string()
+          .refine((url) => /^https?:\/\/[^/]/.test(url), 'use http://host:port or https://host:port')
+          .optional()
+          .describe(
+            "Where Home Assistant reaches this agent's health server, for the last-anomaly image, e.g. http://line1.local:9464. Unset: http://<health.host>:<health.port> (a wildcard host becomes this machine's hostname).",
+          ),
+      })
+      .strict()
+      .prefault({})
+      .describe('Home Assistant MQTT discovery (device-based, Home Assistant 2024.11 or later).'),
     defaults: CameraSettingsSchema.prefault({}).describe('Settings every camera starts from; a camera overrides any part of them.'),
     cameras: z.array(CameraEntrySchema).min(1, 'configure at least one camera'),
   })

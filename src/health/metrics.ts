@@ -28,6 +28,7 @@ export class AgentMetrics {
   readonly #threshold: Gauge<'camera'>;
   readonly #inferenceSeconds: Histogram<'camera'>;
   readonly #eventMessages: Counter<'camera' | 'type'>;
+  readonly #inspections: Counter<'camera' | 'outcome'>;
   readonly #mqttConnected: Gauge;
   readonly #mqttOutboxSize: Gauge;
   readonly #mqttEventsDropped: Counter;
@@ -67,6 +68,12 @@ export class AgentMetrics {
       name: 'linewatch_event_messages_total',
       help: 'Anomaly event messages emitted, by type (start, update, end).',
       labelNames: ['camera', 'type'],
+      registers,
+    });
+    this.#inspections = new Counter({
+      name: 'linewatch_inspections_total',
+      help: 'Replies to accepted inspect commands, by outcome (pass, fail, timeout, scoring-failed, shutdown).',
+      labelNames: ['camera', 'outcome'],
       registers,
     });
     this.#mqttConnected = new Gauge({ name: 'linewatch_mqtt_connected', help: '1 while connected to the MQTT broker, else 0.', registers });
@@ -131,6 +138,11 @@ export class AgentMetrics {
 
   eventMessage(camera: string, type: AnomalyEventType): void {
     this.#eventMessages.inc({ camera, type });
+  }
+
+  /** The reply to an accepted inspect command: its result, or its error code. */
+  inspection(camera: string, outcome: string): void {
+    this.#inspections.inc({ camera, outcome });
   }
 
   /** `counters.dropped` is the publisher's running total (MqttPublisher.metrics()), not a delta. */

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import mqtt, { type IClientOptions, type IClientPublishOptions, type MqttClient } from 'mqtt';
+import mqtt, { type IClientOptions, type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { UsageError } from '../errors.js';
 import { defaultLogger } from '../log.js';
 import { scrubSecrets } from '../redact.js';
@@ -32,15 +32,8 @@ export interface PublisherLogger {
   warn(message: string): void;
 }
 
-export interface MqttPublisherOptions {
-  /** mqtt://, mqtts://, ws:// or wss:// URL of the broker. */
-  url: string;
-  /** Names this agent in topics and in the default client id. */
-  deviceId: string;
-  /** Default `linewatch/<deviceId>`. */
-  baseTopic?: string;
-  /** Default `linewatch-<deviceId>`. */
-  clientId?: string;
+/** How to reach the broker: shared by the publisher and the Sparkplug node's own connection. */
+export interface MqttConnectionOptions {
   username?: string;
   password?: string;
   /** 4 = MQTT 3.1.1 (default), 5 = MQTT 5. */
@@ -49,6 +42,17 @@ export interface MqttPublisherOptions {
   keepaliveSec?: number;
   reconnectPeriodMs?: number;
   connectTimeoutMs?: number;
+}
+
+export interface MqttPublisherOptions extends MqttConnectionOptions {
+  /** mqtt://, mqtts://, ws:// or wss:// URL of the broker. */
+  url: string;
+  /** Names this agent in topics and in the default client id. */
+  deviceId: string;
+  /** Default `linewatch/<deviceId>`. */
+  baseTopic?: string;
+  /** Default `linewatch-<deviceId>`. */
+  clientId?: string;
   /** The durable outbox lives at `<dataDir>/mqtt-outbox.jsonl`, the open events at `<dataDir>/mqtt-open-events.json`. */
   dataDir: string;
   outbox?: { maxEvents?: number; maxBytes?: number; fsync?: boolean };
@@ -143,7 +147,7 @@ function isTlsErrorCode(code: string): boolean {
   );
 }
 
-function describeConnectionError(error: Error & { code?: string | number }): { text: string; hint?: string } {
+export function describeConnectionError(error: Error & { code?: string | number }): { text: string; hint?: string } {
   if (typeof error.code === 'string' && isTlsErrorCode(error.code)) {
     return {
       text: `TLS handshake failed (${error.code}: ${error.message})`,
@@ -164,7 +168,7 @@ function describeConnectionError(error: Error & { code?: string | number }): { t
 
 const BROKER_PROTOCOLS = ['mqtt:', 'mqtts:', 'tcp:', 'tls:', 'ssl:', 'ws:', 'wss:'];
 
-function connectClient(url: string, options: IClientOptions): MqttClient {
+export function connectClient(url: string, options: IClientOptions): MqttClient {
   const unusable = (reason: string, cause?: unknown): UsageError =>
     new UsageError(`mqtt.url "${redactUrl(url)}" cannot be used: ${reason}`, {
       hint: 'use mqtt://host:1883, mqtts://host:8883, ws://host/mqtt or wss://host/mqtt',
@@ -184,7 +188,7 @@ function connectClient(url: string, options: IClientOptions): MqttClient {
   }
 }
 
-function readTlsFile(path: string | undefined, key: string): Buffer | undefined {
+export function readTlsFile(path: string | undefined, key: string): Buffer | undefined {
   if (path === undefined) return undefined;
   try {
     return readFileSync(path);
@@ -230,7 +234,7 @@ export class MqttPublisher {
   private diskFailure: string | undefined;
   private diskRetry: Timer | undefined;
   private readonly cameraStatuses = new Map<string, CameraStatusPayload>();
-  private readonly subscriptions = new Map<string, { handler: (topic: string, payload: Buffer) => void; qos: 0 | 1 }>();
+  private readonly subscriptions = new Map<string, { handler: (topic: string, payload: Buffer, packet: IPublishPacket) => void; qos: 0 | 1 }>();
   private readonly lastScoreAt = new Map<string, number>();
   private readonly inFlight = new Set<number>();
   private readonly connectionListeners = new Set<(connected: boolean) => void>();
@@ -291,7 +295,7 @@ export class MqttPublisher {
     this.client.on('connect', () => this.onConnect());
     this.client.on('close', () => this.onClose());
     this.client.on('error', (error) => this.onError(error));
-    this.client.on('message', (topic, payload) => this.onMessage(topic, payload));
+    this.client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
   }
 
   /**
@@ -376,9 +380,10 @@ export class MqttPublisher {
 
   /**
    * Calls `handler` for every message on `filter` (MQTT wildcards allowed); the
-   * subscription is renewed on every reconnect. Returns an unsubscribe.
+   * subscription is renewed on every reconnect. Returns an unsubscribe. The packet
+   * tells a retained message (re-sent on every subscribe) from a new one.
    */
-  subscribe(filter: string, handler: (topic: string, payload: Buffer) => void, qos: 0 | 1 = 1): () => void {
+  subscribe(filter: string, handler: (topic: string, payload: Buffer, packet: IPublishPacket) => void, qos: 0 | 1 = 1): () => void {
     this.subscriptions.set(filter, { handler, qos });
     if (this.ready) this.client.subscribe(filter, { qos });
     return () => {
@@ -500,6 +505,10 @@ export class MqttPublisher {
     this.outageLogged = false;
     this.dropWarned = false;
     this.logger.info(`MQTT connected to ${this.displayUrl} as ${this.client.options.clientId}`);
+    // Events and inspection results are small: without this, Nagle's algorithm can hold one back
+    // until the broker acknowledges the previous packet (tens of ms with delayed ACKs).
+    // WebSocket streams have no such switch.
+    (this.client.stream as { setNoDelay?: (noDelay: boolean) => void } | undefined)?.setNoDelay?.(true);
     this.publish(this.topics.availability, 'online', { qos: 1, retain: true });
     for (const [camera, status] of this.cameraStatuses) {
       this.publish(this.topics.cameraStatus(camera), JSON.stringify(status), { qos: 1, retain: true });
@@ -510,11 +519,11 @@ export class MqttPublisher {
     this.firstAttempt.settle();
   }
 
-  private onMessage(topic: string, payload: Buffer): void {
+  private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
     for (const [filter, { handler }] of this.subscriptions) {
       if (!topicMatches(filter, topic)) continue;
       try {
-        handler(topic, payload);
+        handler(topic, payload, packet);
       } catch (error) {
         // A handler bug costs that message, never the connection or the process.
         this.logger.warn(`MQTT message on ${topic} not handled: ${(error as Error).message}`);

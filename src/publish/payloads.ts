@@ -67,3 +67,43 @@ export interface StatsPayload {
   mqtt: Pick<MqttCounters, 'published' | 'outboxSize' | 'dropped' | 'reconnects'>;
   cameras: Record<string, CameraStats>;
 }
+
+/** The answer to one inspect command: the verdict on the first frame captured after the command arrived. */
+export interface InspectionResultPayload {
+  /** The command's correlation id (e.g. the part serial), as sent. */
+  id: string;
+  camera: string;
+  /** fail: the frame scored above the threshold. */
+  result: 'pass' | 'fail';
+  score: number;
+  threshold: number;
+  /** Region of the anomaly in source-image pixels; null for a pass. */
+  box: BoundingBox | null;
+  /** JPEG of the failing frame on the device; null for a pass or without snapshots. */
+  snapshot: string | null;
+  /** When the command arrived. */
+  requestedAt: string;
+  /** When the inspected frame was read from ffmpeg (after requestedAt). */
+  capturedAt: string;
+  /** When the result was produced. */
+  at: string;
+  /** Command arrival to result, on the monotonic clock. */
+  latencyMs: number;
+}
+
+export const INSPECTION_ERRORS = ['invalid-command', 'unknown-camera', 'busy', 'timeout', 'scoring-failed', 'shutdown'] as const;
+export type InspectionErrorCode = (typeof INSPECTION_ERRORS)[number];
+
+/** An inspect command that got no verdict: refused, timed out, or cut short. */
+export interface InspectionErrorPayload {
+  /** The command's id; null when the command carried none that could be read. */
+  id: string | null;
+  camera: string;
+  error: InspectionErrorCode;
+  /** For people: what went wrong and what to do. */
+  message: string;
+  requestedAt: string;
+  at: string;
+}
+
+export type InspectionReplyPayload = InspectionResultPayload | InspectionErrorPayload;

@@ -191,6 +191,7 @@ describe('defaults', () => {
       log: { level: 'info' },
       ffmpeg: { path: 'ffmpeg' },
       health: { enabled: true, host: '127.0.0.1', port: 9464 },
+      homeassistant: { enabled: false, prefix: 'homeassistant' },
       mqtt: {
         embeddedBroker: { host: '127.0.0.1', port: 1883 },
         clientId: 'linewatch-edge-box',
@@ -212,6 +213,7 @@ describe('defaults', () => {
         providers: ['cpu'],
         threads: 1,
         fps: 10,
+        mode: 'continuous',
         transport: 'tcp',
         socketTimeoutS: 5,
         stallTimeoutS: 10,
