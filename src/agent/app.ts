@@ -2,6 +2,7 @@ import path from 'node:path';
 import { systemClock, type Clock } from '../clock.js';
 import { resolveCameras, type CameraConfig, type Config } from '../config/index.js';
 import type { AgentSnapshot, RecentEvent } from '../health/agent-snapshot.js';
+import { ApiRouter, OPENAPI_PATH } from '../health/api.js';
 import { AgentMetrics } from '../health/metrics.js';
 import { startHealthServer, type HealthServer } from '../health/server.js';
 import { SystemdNotifier } from '../health/systemd.js';
@@ -55,6 +56,8 @@ export class App {
   private readonly bundles = new Map<string, LoadedBundle>();
   /** Where integrations (Sparkplug B, Home Assistant) receive every camera message. */
   private readonly integrationSinks: Partial<EventSink>[] = [];
+  /** The REST API under /api, served by the health server; routes are added where their data lives. */
+  private readonly api: ApiRouter;
   private cameras: CameraConfig[] = [];
   private broker: EmbeddedBroker | undefined;
   private publisher: MqttPublisher | undefined;
@@ -73,6 +76,16 @@ export class App {
     this.announce = options.announce ?? (() => {});
     this.notifier = new SystemdNotifier({ env: options.env, onWarning: (message) => this.log.warn(message) });
     this.controller = new Controller({ log: this.log, clock: this.clock });
+    this.api = new ApiRouter({ token: this.config.health.token, version: LINEWATCH_VERSION });
+    this.api.add({
+      method: 'GET',
+      path: OPENAPI_PATH,
+      summary: 'This OpenAPI document',
+      tags: ['meta'],
+      responses: { '200': { description: 'the OpenAPI 3.1 document of every /api route' } },
+      handle: () => ({ status: 200, json: this.api.openApiDocument() }),
+    });
+    // (API routes are added here)
     this.scheduler = new InferenceScheduler({ clock: this.clock, onRound: () => this.syncMqttMetrics() });
     this.controller.add({ name: 'mqtt', start: () => this.startMqtt(), stop: () => this.stopMqtt() });
     this.controller.add({ name: 'models', start: () => this.loadModels(), stop: () => this.disposeModels() });
@@ -263,6 +276,7 @@ export class App {
       host: config.health.host,
       port: config.health.port,
       metrics: this.metrics,
+      api: this.api,
       snapshot: () => this.snapshot(),
       snapshotDir: path.join(config.dataDir, 'snapshots'),
       inspect: { maxBodyBytes: INSPECTION_LIMITS.commandMaxBytes, handle: (camera, body) => this.inspections!.http(camera, body) },

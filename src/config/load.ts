@@ -456,6 +456,7 @@ function finish(file: z.output<typeof ConfigFileSchema>, secrets: Map<string, st
     deviceId,
     dataDir: absolute(file.dataDir),
     mqtt: resolvedMqtt,
+    health: { ...file.health, token: secrets.get('health.token') ?? file.health.token },
     defaults: { ...file.defaults, ...(file.defaults.model === undefined ? {} : { model: absolute(file.defaults.model) }) },
     cameras: file.cameras.map((camera) => ({
       ...camera,

@@ -3,6 +3,7 @@ import { PROVIDER_NAMES, type ProviderName } from '../model/providers.js';
 import { DEFAULT_BACKOFF } from '../source/backoff.js';
 import { DEFAULT_QUEUE_CAPACITY } from '../source/camera.js';
 import { DEFAULT_IO_TIMEOUT_MS, DEFAULT_PREVIEW_FPS } from '../source/ffmpeg-args.js';
+import { isLoopbackHost } from '../health/api.js';
 import { LOG_FORMATS, LOG_LEVELS } from '../log.js';
 
 /**
@@ -368,10 +369,25 @@ export const ConfigFileSchema = z
     health: z
       .object({
         enabled: z.boolean().default(true).describe('Serve /healthz, /metrics and the status page.'),
-        host: z.string().min(1).default('127.0.0.1'),
+        host: z.string().min(1).default('127.0.0.1').describe('Address to bind: 127.0.0.1 keeps the page and API on this box; any other address needs health.token.'),
         port: z.number().int().min(1).max(65535).default(9464),
+        token: z
+          .string()
+          .min(16, 'use at least 16 characters (e.g. openssl rand -hex 24)')
+          .optional()
+          .describe('Bearer token the REST API (/api) requires; required when host is not a loopback address.'),
+        tokenFile: FileRefSchema.optional().describe('File holding the token (instead of token), e.g. { credential: health-token }.'),
       })
       .strict()
+      .superRefine((health, context) => {
+        if (health.enabled && !isLoopbackHost(health.host) && health.token === undefined && health.tokenFile === undefined) {
+          context.addIssue({
+            code: 'custom',
+            path: ['token'],
+            message: `health.host ${health.host} exposes the API beyond this box: set health.token (or health.tokenFile) or bind 127.0.0.1`,
+          });
+        }
+      })
       .prefault({}),
     sparkplug: z
       .object({

@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { join, sep } from 'node:path';
 import { LinewatchError, UsageError } from '../errors.js';
 import type { AgentSnapshot } from './agent-snapshot.js';
+import type { ApiRouter } from './api.js';
 import type { AgentMetrics } from './metrics.js';
 import { renderOperatorPage } from './page.js';
 
@@ -36,6 +37,8 @@ export interface HealthServerOptions {
   now?: () => number;
   /** POST /api/cameras/<camera>/inspect; without it the route answers 404. */
   inspect?: InspectRoute;
+  /** Every other /api route (src/health/api.ts); without it /api answers 404. */
+  api?: ApiRouter;
 }
 
 /** The inspect route's handler: the body (at most maxBodyBytes) in, the HTTP status and JSON reply out. */
@@ -112,6 +115,7 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
   async function handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
     const inspectRoute = INSPECT_ROUTE.exec(new URL(request.url ?? '/', 'http://localhost').pathname);
     if (inspectRoute) return inspect(inspectRoute[1]!, request, response);
+    if (options.api && (await options.api.handle(request, response))) return;
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       response.setHeader('Allow', 'GET, HEAD');
       return send(response, 405, 'text/plain; charset=utf-8', 'only GET and HEAD\n');
