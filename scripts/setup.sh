@@ -14,6 +14,8 @@ packages=(
   procps openssl systemd
   # libfaketime: tests/faults/clock-step.test.ts steps the agent's wall clock back as NTP would
   faketime
+  # headless Chromium for tests/e2e/page-browser.test.ts (driven by playwright-core, which downloads no browser)
+  chromium
 )
 missing=()
 for p in "${packages[@]}"; do

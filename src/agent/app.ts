@@ -7,7 +7,6 @@ import { AgentMetrics } from '../health/metrics.js';
 import { startHealthServer, type HealthServer } from '../health/server.js';
 import { SystemdNotifier } from '../health/systemd.js';
 import type { Logger } from '../log.js';
-import { loadBundle, type LoadedBundle } from '../model/bundle.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from '../publish/broker.js';
 import { HomeAssistantDiscovery } from '../publish/homeassistant.js';
 import { MqttPublisher, redactUrl } from '../publish/mqtt.js';
@@ -15,11 +14,15 @@ import type { AnomalyEventPayload } from '../publish/payloads.js';
 import { SnapshotStore } from '../publish/snapshot.js';
 import { sparkplugNodeFromConfig } from '../publish/sparkplug.js';
 import { LINEWATCH_VERSION } from '../version.js';
+import { addInspectRoute, addReadApiRoutes } from './api-routes.js';
 import { CameraPipeline, describeEvent } from './camera.js';
 import { Controller } from './controller.js';
+import { EventHistory } from './event-history.js';
 import { fanOut, type EventSink } from './event-sink.js';
+import { FeedbackDesk } from './feedback.js';
 import { INSPECTION_LIMITS, InspectionDesk } from './inspection.js';
 import { Liveness } from './liveness.js';
+import { ModelManager, type ReloadReport } from './models.js';
 import { InferenceScheduler } from './scheduler.js';
 
 export interface AppOptions {
@@ -53,7 +56,8 @@ export class App {
   private readonly scheduler: InferenceScheduler;
   private readonly startedAt: Date;
   private readonly recentEvents: RecentEvent[] = [];
-  private readonly bundles = new Map<string, LoadedBundle>();
+  /** Loaded models, shared by cameras that run the same one; swapped at run time (REST API, SIGHUP). */
+  private readonly models: ModelManager;
   /** Where integrations (Sparkplug B, Home Assistant) receive every camera message. */
   private readonly integrationSinks: Partial<EventSink>[] = [];
   /** The REST API under /api, served by the health server; routes are added where their data lives. */
@@ -85,8 +89,19 @@ export class App {
       responses: { '200': { description: 'the OpenAPI 3.1 document of every /api route' } },
       handle: () => ({ status: 200, json: this.api.openApiDocument() }),
     });
+    // The API's event history hears every camera message the way integrations do.
+    const eventHistory = new EventHistory();
+    this.integrationSinks.push(eventHistory);
+    addReadApiRoutes(this.api, { cameras: () => this.pipelines, events: eventHistory });
+    addInspectRoute(this.api, { maxBodyBytes: INSPECTION_LIMITS.commandMaxBytes, handle: (camera, body) => this.inspections!.http(camera, body) });
+    // Feedback ("this was normal", "capture normal frames") remembers events by id, so it hears them too.
+    const feedback = new FeedbackDesk({ dataDir: this.config.dataDir, pipelines: () => this.pipelines, cameras: () => this.cameras, clock: this.clock, log: this.log.child({ component: 'feedback' }) });
+    this.integrationSinks.push(feedback.sink);
+    feedback.addRoutes(this.api);
     // (API routes are added here)
     this.scheduler = new InferenceScheduler({ clock: this.clock, onRound: () => this.syncMqttMetrics() });
+    this.models = new ModelManager({ log: this.log, clock: this.clock, between: (change) => this.scheduler.between(change) });
+    this.models.addRoutes(this.api);
     this.controller.add({ name: 'mqtt', start: () => this.startMqtt(), stop: () => this.stopMqtt() });
     this.controller.add({ name: 'models', start: () => this.loadModels(), stop: () => this.disposeModels() });
     // Integrations: optional components started before the cameras (so they see the first
@@ -200,40 +215,40 @@ export class App {
 
   /** Cameras that share a model (same bundle, variant, providers, threads) share one loaded session. */
   private async loadModels(): Promise<void> {
-    for (const camera of this.cameras) {
-      const key = bundleKey(camera);
-      if (this.bundles.has(key)) continue;
-      const bundle = await loadBundle(camera.model, {
-        variant: camera.variant,
-        providers: camera.providers,
-        threads: camera.threads,
-        log: (message) => this.log.info(message),
-      });
-      this.log.info(
-        `model ${camera.model} (${camera.variant}, ${bundle.manifest.input.width}x${bundle.manifest.input.height}x${bundle.manifest.input.channels}, scorer ${bundle.manifest.scoring.scorer}) on ${bundle.model.providers.join(', ')}, warm-up ${bundle.warmUpMs.toFixed(1)} ms`,
-      );
-      this.bundles.set(key, bundle);
-    }
+    await this.models.loadFor(this.cameras);
   }
 
   private async disposeModels(): Promise<void> {
-    for (const bundle of this.bundles.values()) await bundle.dispose();
-    this.bundles.clear();
+    await this.models.dispose();
+  }
+
+  /**
+   * SIGHUP: `next` is the config file read again. Cameras whose model, variant, providers or
+   * threads changed get the new model (loaded beside the old one; a bundle that fails leaves the
+   * old one running); every other change is only reported: it needs a restart.
+   */
+  async reload(next: Config): Promise<ReloadReport> {
+    return this.models.reload(this.config, next, resolveCameras(next), this.cameras);
   }
 
   private async startCameras(): Promise<void> {
     const { config, log } = this;
     const sink = this.eventSink();
     for (const camera of this.cameras) {
-      // One store per camera: each keeps its own `retain` newest files under snapshots/<camera>/.
+      // One store per camera: each keeps its own `retain` newest files, within its byte budget, under snapshots/<camera>/.
       const snapshots = new SnapshotStore({
         dir: path.join(config.dataDir, 'snapshots'),
         retain: camera.snapshots.retain,
+        maxBytes: camera.snapshots.maxMegabytes * 1e6,
         onWarning: (message) => log.warn(message),
       });
+      // Not awaited: a large folder must not hold up the camera; a budget lowered since the last run applies now.
+      if (camera.snapshots.enabled) {
+        snapshots.prune(camera.name).catch((error: unknown) => log.warn(`camera ${camera.name}: cannot delete old snapshots: ${(error as Error).message}`));
+      }
       const pipeline = new CameraPipeline({
         camera,
-        bundle: this.bundles.get(bundleKey(camera))!,
+        bundle: this.models.bundleFor(camera),
         ffmpegPath: config.ffmpeg.path,
         sink,
         metrics: this.metrics,
@@ -259,12 +274,15 @@ export class App {
     this.unsubscribeInspect = publisher.subscribe(`${config.mqtt.baseTopic}/+/inspect`, (topic, payload, packet) =>
       this.inspections?.command(topic.split('/').at(-2) ?? '', payload, packet.retain),
     );
+    this.models.attach(this.pipelines.map((pipeline, i) => ({ camera: pipeline, config: this.cameras[i]! })));
     for (const pipeline of this.pipelines) await pipeline.start();
   }
 
   /** The round in progress finishes first, so no frame is scored after its camera closed its events. */
   private async stopCameras(): Promise<void> {
     this.unsubscribeInspect?.();
+    // A swap half done when the cameras stop would switch a stopped camera; let it finish, refuse new ones.
+    await this.models.close();
     await this.scheduler.stop();
     await Promise.all(this.pipelines.map((pipeline) => pipeline.stop()));
   }
@@ -279,7 +297,6 @@ export class App {
       api: this.api,
       snapshot: () => this.snapshot(),
       snapshotDir: path.join(config.dataDir, 'snapshots'),
-      inspect: { maxBodyBytes: INSPECTION_LIMITS.commandMaxBytes, handle: (camera, body) => this.inspections!.http(camera, body) },
     });
     this.log.info(`health: ${this.health.url}/healthz, metrics: ${this.health.url}/metrics, status page: ${this.health.url}/`);
   }
@@ -344,8 +361,4 @@ export class App {
     const counters = this.publisher?.metrics();
     if (counters) this.metrics.mqtt(counters.connected, counters.outboxSize, counters);
   }
-}
-
-function bundleKey(camera: CameraConfig): string {
-  return JSON.stringify([camera.model, camera.variant, camera.providers, camera.threads]);
 }

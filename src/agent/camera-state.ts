@@ -32,11 +32,21 @@ export class CameraState {
 
   constructor(
     readonly name: string,
-    readonly threshold: number,
+    private thresholdValue: number,
     private readonly deps: { metrics: AgentMetrics; log: Logger; clock: Clock; sourceStats: () => CameraCounters },
   ) {
     this.status = { state: 'offline', reason: 'not started', since: new Date(deps.clock.now()).toISOString(), fps: 0, restarts: 0, framesDropped: 0, lastFrameAt: null };
-    deps.metrics.addCamera(name, threshold);
+    deps.metrics.addCamera(name, thresholdValue);
+  }
+
+  get threshold(): number {
+    return this.thresholdValue;
+  }
+
+  /** The camera runs another model (or the same with another calibration). */
+  thresholdChanged(threshold: number): void {
+    this.thresholdValue = threshold;
+    this.deps.metrics.threshold(this.name, threshold);
   }
 
   /** A frame was scored; `monotonicAt` is its capture time on the monotonic clock. */

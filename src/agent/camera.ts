@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { systemClock, type Clock } from '../clock.js';
 import type { CameraConfig, CameraMode } from '../config/index.js';
+import { ModelError } from '../errors.js';
 import type { CameraSnapshot } from '../health/agent-snapshot.js';
 import type { AgentMetrics } from '../health/metrics.js';
 import type { Logger } from '../log.js';
@@ -22,6 +23,7 @@ import {
   type SourceSize,
 } from '../source/index.js';
 import { CameraState } from './camera-state.js';
+import { CameraView } from './camera-view.js';
 import { EventPictures } from './event-pictures.js';
 import type { EventSink } from './event-sink.js';
 import { CameraInspections } from './inspection.js';
@@ -60,33 +62,35 @@ export interface FrameSource {
 export class CameraPipeline implements ScoringCamera {
   readonly name: string;
   readonly source: FrameSource;
-  readonly bundle: LoadedBundle;
-  readonly threshold: number;
-  readonly ignoreMask: Uint8Array | undefined;
+  // Replaced as a whole by useModel(), which the agent runs only between scheduler rounds.
+  private active: PreparedModel;
   readonly mode: CameraMode;
   /** Inspect commands waiting for this camera's next frame (InspectionDesk routes them here). */
   readonly inspections: CameraInspections;
+  /** The latest frame, anomaly map, preview and recent scores, for the REST API. */
+  readonly view: CameraView;
   private readonly camera: CameraConfig;
   private readonly sink: EventSink;
   private readonly clock: Clock;
-  private readonly tracker: EventTracker;
+  private tracker: EventTracker;
+  /** Capture time of the last frame the tracker judged: where a model change ends an open event. */
+  private lastJudgedAt: { monotonicMs: number; wallMs: number } | undefined;
   private readonly state: CameraState;
   private readonly pictures: EventPictures;
   private stopping = false;
+  /** Called with every scored frame (the model's input): feedback captures add and remove themselves here. */
+  readonly frameTaps = new Set<(frame: Frame) => void>();
 
   constructor(deps: CameraPipelineDeps) {
     const { camera, bundle, log } = deps;
     this.camera = camera;
     this.name = camera.name;
-    this.bundle = bundle;
     this.sink = deps.sink;
     this.clock = deps.clock ?? systemClock;
     const { input } = bundle.manifest;
-    const resolved = resolveThreshold(camera.threshold, bundle.calibration, `camera ${camera.name}`);
-    this.threshold = resolved.threshold;
-    log.info(`camera ${camera.name}: threshold ${resolved.threshold.toFixed(4)} (${resolved.note}), model ${bundle.dir} (${bundle.variant})`);
+    this.active = prepareModel(camera, bundle);
+    log.info(`camera ${camera.name}: threshold ${this.threshold.toFixed(4)} (${this.active.thresholdNote}), model ${bundle.dir} (${bundle.variant})`);
     this.tracker = new EventTracker({ camera: camera.name, threshold: this.threshold, ...camera.debounce });
-    this.ignoreMask = rasteriseIgnoreMask(camera.ignore, { width: input.width, height: input.height }, camera.crop);
     const wantPreview = camera.preview.enabled || (camera.snapshots.enabled && deps.snapshots !== undefined);
     this.source = deps.source ?? new CameraSource({
       id: camera.name,
@@ -113,6 +117,7 @@ export class CameraPipeline implements ScoringCamera {
     });
     this.state = new CameraState(camera.name, this.threshold, { metrics: deps.metrics, log, clock: this.clock, sourceStats: () => this.source.stats() });
     this.pictures = new EventPictures({ camera, bundle, source: this.source, snapshots: deps.snapshots, log, keep: camera.debounce.n + 1 });
+    this.view = new CameraView({ source: this.source, clock: this.clock, fps: camera.fps, previews: wantPreview, crop: () => this.pictures.cropPixels() });
     this.mode = camera.mode;
     this.inspections = new CameraInspections({
       camera: camera.name,
@@ -128,6 +133,61 @@ export class CameraPipeline implements ScoringCamera {
     });
     this.source.on('status', (change) => this.onStatus(change));
     this.source.on('sourceSize', (size) => this.checkAspect(size, log));
+  }
+
+  get bundle(): LoadedBundle {
+    return this.active.bundle;
+  }
+
+  get threshold(): number {
+    return this.active.threshold;
+  }
+
+  /** Model-resolution ignore mask (1 = ignore), the same array for every frame of one model. */
+  get ignoreMask(): Uint8Array | undefined {
+    return this.active.ignoreMask;
+  }
+
+  /** The running model's threshold and where it came from. */
+  get thresholdNote(): string {
+    return this.active.thresholdNote;
+  }
+
+  /**
+   * Checks that `bundle` can replace this camera's model and works out its threshold and
+   * mask, changing nothing; throws saying why not. ffmpeg scales frames to the running
+   * model's input size, so a model of another size is refused (ModelSizeError): the camera
+   * would need a new ffmpeg, which a restart of the agent gives it.
+   */
+  prepareModel(bundle: LoadedBundle): PreparedModel {
+    const now = this.active.bundle.manifest.input;
+    const next = bundle.manifest.input;
+    if (next.width !== now.width || next.height !== now.height || next.channels !== now.channels) {
+      throw new ModelSizeError(
+        `camera ${this.name}: ${bundle.dir} takes ${next.width}x${next.height}x${next.channels} frames, but the camera's ffmpeg delivers ${now.width}x${now.height}x${now.channels} (the running model's size)`,
+        { file: bundle.dir, hint: 'a model of another input size needs a restart of the agent: put it in the config and restart linewatch' },
+      );
+    }
+    return prepareModel(this.camera, bundle);
+  }
+
+  /**
+   * Switches to a prepared model. Call only while no scheduler round holds this camera
+   * (InferenceScheduler.between). An open event ends with reason `model-changed`: its scores
+   * and threshold are the old model's; if the anomaly persists the new model starts a new
+   * event after k of n frames. Returns the id of the event it ended, if any.
+   */
+  useModel(next: PreparedModel): string | null {
+    // Ended at the last frame the old model judged, not now: frames still queued were captured
+    // before now, and the new model's next event must not seem to start before this one ended.
+    const ended = this.tracker.close('model-changed', this.lastJudgedAt ?? { monotonicMs: this.clock.monotonic(), wallMs: this.clock.now() });
+    this.emit(ended);
+    this.active = next;
+    this.tracker = new EventTracker({ camera: this.name, threshold: next.threshold, ...this.camera.debounce });
+    this.state.thresholdChanged(next.threshold);
+    this.inspections.useThreshold(next.threshold);
+    this.pictures.useBundle(next.bundle);
+    return ended[0]?.id ?? null;
   }
 
   async start(): Promise<void> {
@@ -155,6 +215,8 @@ export class CameraPipeline implements ScoringCamera {
 
   scored(frame: Frame, result: FrameScore, inferenceSeconds: number): void {
     this.state.scored(result.score, frame.monotonicAt, inferenceSeconds);
+    this.view.scored(frame, result.map, result.score);
+    for (const tap of this.frameTaps) tap(frame);
     // Before the events: a line that waits on the verdict should not wait on the debouncer.
     this.inspections.scored(frame, result.score, (failed) =>
       failed ? this.pictures.still(frame, result.map, `inspection-${randomUUID()}`) : { box: null, snapshot: null },
@@ -162,7 +224,8 @@ export class CameraPipeline implements ScoringCamera {
     // Always: integrations (Sparkplug) want scores whatever scorePublish says; the MQTT sink applies it.
     this.sink.score(this.name, { at: new Date(frame.capturedAt).toISOString(), score: result.score, threshold: this.threshold });
     if (this.mode === 'triggered') return;
-    const messages = this.tracker.push(result.score, { monotonicMs: frame.monotonicAt, wallMs: frame.capturedAt });
+    this.lastJudgedAt = { monotonicMs: frame.monotonicAt, wallMs: frame.capturedAt };
+    const messages = this.tracker.push(result.score, this.lastJudgedAt);
     this.pictures.scored(frame, result.map, this.tracker.peak);
     this.emit(messages);
   }
@@ -214,6 +277,30 @@ export class CameraPipeline implements ScoringCamera {
       this.sink.event(payload);
     }
   }
+}
+
+/** A model ready to run on a camera: the bundle with the camera's threshold and ignore mask for it. */
+export interface PreparedModel {
+  readonly bundle: LoadedBundle;
+  readonly threshold: number;
+  readonly thresholdNote: string;
+  readonly ignoreMask: Uint8Array | undefined;
+}
+
+/** A model whose input size differs from the frames the camera's ffmpeg delivers. */
+export class ModelSizeError extends ModelError {
+  override readonly name: string = 'ModelSizeError';
+}
+
+function prepareModel(camera: CameraConfig, bundle: LoadedBundle): PreparedModel {
+  const { input } = bundle.manifest;
+  const resolved = resolveThreshold(camera.threshold, bundle.calibration, `camera ${camera.name}`);
+  return {
+    bundle,
+    threshold: resolved.threshold,
+    thresholdNote: resolved.note,
+    ignoreMask: rasteriseIgnoreMask(camera.ignore, { width: input.width, height: input.height }, camera.crop),
+  };
 }
 
 /** One human line per event message (stdout of `linewatch run` and `linewatch replay`). */

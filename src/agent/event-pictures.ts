@@ -36,6 +36,12 @@ export class EventPictures {
 
   constructor(private readonly deps: EventPictureDeps) {}
 
+  /** The camera's model was swapped (same input size): boxes of later frames are measured on its maps. */
+  useBundle(bundle: LoadedBundle): void {
+    this.deps.bundle = bundle;
+    this.recent.length = 0;
+  }
+
   /** Remember a scored frame; `trackerPeak` is the open event's peak as the debouncer sees it. */
   scored(frame: Frame, map: Float32Array, trackerPeak: Readonly<ScoredFrame> | undefined): void {
     const entry: ScoredEntry = { frame, map };

@@ -158,6 +158,11 @@ export class CameraInspections {
     return undefined;
   }
 
+  /** The camera's model was swapped: verdicts from the next scored frame on use its threshold. */
+  useThreshold(threshold: number): void {
+    this.options.threshold = threshold;
+  }
+
   /** Whether a frame answers a waiting command: it was read after the command arrived. */
   wants(frame: InspectedFrame): boolean {
     return this.pending.some((entry) => entry.arrivedAt < frame.monotonicAt);

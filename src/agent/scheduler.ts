@@ -42,6 +42,8 @@ export class InferenceScheduler {
   /** Monotonic ms at which the round in progress began; undefined while idle. */
   private roundStartedAt: number | undefined;
   private roundsCompleted = 0;
+  /** Work that must not overlap a round (a model swap), run before the next round starts. */
+  private betweenRounds: (() => void)[] = [];
 
   constructor(options: SchedulerOptions = {}) {
     this.clock = options.clock ?? systemClock;
@@ -59,7 +61,33 @@ export class InferenceScheduler {
       this.again = true;
       return;
     }
-    this.running = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.drain()).finally(() => (this.running = undefined));
+    this.running = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.drain())
+      .finally(() => {
+        this.running = undefined;
+        this.runBetweenRounds();
+      });
+  }
+
+  /**
+   * Runs `change` while no round holds any camera's frame, model or threshold: now when idle,
+   * else as soon as the round in progress has handed back its scores and before the next one
+   * takes frames. So a camera's model can be swapped without a frame scored by one model being
+   * judged against the other's threshold. `change` must be synchronous for that to hold.
+   */
+  between(change: () => void): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const run = () => {
+        try {
+          change();
+          resolve();
+        } catch (error) {
+          reject(error);
+        }
+      };
+      if (this.running) this.betweenRounds.push(run);
+      else run();
+    });
   }
 
   /** No new rounds; resolves once the round in progress finished, so no frame is scored after its camera closed its events. */
@@ -80,6 +108,7 @@ export class InferenceScheduler {
 
   private async drain(): Promise<void> {
     do {
+      this.runBetweenRounds();
       this.again = false;
       const ready: { camera: ScoringCamera; frame: Frame }[] = [];
       for (const camera of this.cameras) {
@@ -97,6 +126,12 @@ export class InferenceScheduler {
       }
       this.onRound();
     } while (this.again && !this.stopped);
+  }
+
+  private runBetweenRounds(): void {
+    const waiting = this.betweenRounds;
+    this.betweenRounds = [];
+    for (const run of waiting) run();
   }
 
   private async round(ready: { camera: ScoringCamera; frame: Frame }[]): Promise<void> {

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { App } from '../agent/app.js';
+import { describeError } from '../agent/models.js';
 import { DEFAULT_CONFIG_FILE, loadConfig } from '../config/index.js';
 import { formatError } from '../errors.js';
 import { createLogger } from '../log.js';
@@ -43,7 +44,43 @@ export function registerRun(program: Command): void {
       process.on('SIGINT', () => shutdown('SIGINT'));
       process.on('SIGTERM', () => shutdown('SIGTERM'));
 
+      // SIGHUP (systemctl reload): read the config again and swap the models that changed. One
+      // reload at a time; a SIGHUP during one runs once more after it, with the file as it is then.
+      let reloading: Promise<void> | undefined;
+      let reloadAgain = false;
+      const reload = async (): Promise<void> => {
+        do {
+          reloadAgain = false;
+          log.info(`SIGHUP: reading ${flags.config} again`);
+          try {
+            const report = await app.reload(await loadConfig(flags.config));
+            for (const swapped of report.swapped) log.info(`config reload: camera ${swapped.camera} runs ${swapped.model.model} (${swapped.model.variant}) now`);
+            for (const failed of report.failed) log.error(`config reload: camera ${failed.camera} keeps its model: ${describeError(failed.error)}`);
+            if (report.needsRestart.length > 0) {
+              log.warn(`config reload: these changes need a restart to apply: ${report.needsRestart.join(', ')}`);
+            }
+            if (report.swapped.length + report.failed.length + report.needsRestart.length === 0) log.info('config reload: no model changed');
+          } catch (error) {
+            log.error(`config reload failed, the running config stays: ${formatError(error)}`);
+          }
+        } while (reloadAgain && !stopping);
+      };
+      let started = false;
+      process.on('SIGHUP', () => {
+        if (stopping) return;
+        if (!started) {
+          log.warn('SIGHUP while starting: ignored (send it again once linewatch runs)');
+          return;
+        }
+        if (reloading) {
+          reloadAgain = true;
+          return;
+        }
+        reloading = reload().finally(() => (reloading = undefined));
+      });
+
       await app.start();
+      started = true;
       const topic = config.mqtt.baseTopic;
       const broker = new URL(app.mqttUrl);
       console.log(

@@ -11,7 +11,7 @@ import { DEFAULT_COMPARATOR_FILTERS } from '../toolkit/train/vae-config.js';
 import { parseChannels, parseInteger, parseIntegerList, parseNumber, parseRange, parseSize } from './options.js';
 
 interface TrainFlags {
-  images?: string;
+  images?: string[];
   root?: string;
   video?: string;
   start?: number;
@@ -53,7 +53,11 @@ export function registerTrain(program: Command): void {
   program
     .command('train')
     .description('train a VAE on normal images or video frames and write a model bundle (fp32 + int8 ONNX, calibration)')
-    .option('--images <dir|list>', 'folder of normal images, or a file listing them one per line')
+    .option(
+      '--images <dir|list...>',
+      'normal images: folders (their .jpg/.png files; other files such as .json are ignored) or files listing one path per line; ' +
+        'give several to train on all of them, e.g. the original set plus <dataDir>/feedback/<camera> (pictures marked as normal on the status page or the REST API)',
+    )
     .option('--root <dir>', 'folder that relative paths in a list file start from')
     .option('--video <file|url>', 'video file or stream (rtsp://...) showing the normal scene')
     .option('--start <s>', 'video: seconds to skip', parseNumber)
@@ -156,7 +160,7 @@ export function registerTrain(program: Command): void {
           },
           targetFpr: flags.targetFpr,
           int8: flags.int8,
-          out: flags.out ?? defaultBundleDir(flags.images ?? flags.video ?? 'model'),
+          out: flags.out ?? defaultBundleDir(flags.images?.[0] ?? flags.video ?? 'model'),
           force: flags.force,
           ffmpegPath: flags.ffmpeg,
           log: (line) => progress.log(line),

@@ -180,6 +180,13 @@ const SnapshotsSchema = z
   .object({
     enabled: z.boolean().default(true).describe("Write a JPEG of each event's peak frame (with its box) under dataDir/snapshots."),
     retain: z.number().int().min(1).default(100).describe('Snapshots kept per camera; the oldest are deleted.'),
+    maxMegabytes: z
+      .number()
+      .positive()
+      .default(100)
+      .describe(
+        "Disk space (megabytes, 10^6 bytes) the snapshots of one camera may take, each counted with its original picture; beyond it the oldest are deleted, as beyond retain. The newest is always kept.",
+      ),
   })
   .strict();
 

@@ -55,6 +55,11 @@ export interface ApiRoute {
   /** Query parameters (path parameters are added from `path`). */
   query?: ApiParameter[];
   requestBody?: { contentType: string; schema: Record<string, unknown>; maxBytes: number; required?: boolean };
+  /**
+   * The `error` of the router's own 400 (path encoding) and 413 (body size) answers on this
+   * route, for a route whose replies have their own codes (inspect: `invalid-command`).
+   */
+  errorCode?: string;
   /** Status code -> what it means and, for JSON, the schema of the body. */
   responses: Record<string, { description: string; contentType?: string; schema?: Record<string, unknown> }>;
   handle(request: ApiRequest): Promise<ApiResponse> | ApiResponse;
@@ -203,10 +208,10 @@ export class ApiRouter {
       try {
         params[name] = decodeURIComponent(found.match[i + 1]!);
       } catch {
-        throw new ApiError(400, 'bad-request', `the ${name} in the path is not valid percent-encoding`);
+        throw new ApiError(400, route.errorCode ?? 'bad-request', `the ${name} in the path is not valid percent-encoding`);
       }
     });
-    const body = route.method === 'GET' ? new Uint8Array(0) : await readBody(request, route.requestBody?.maxBytes ?? DEFAULT_MAX_BODY_BYTES);
+    const body = route.method === 'GET' ? new Uint8Array(0) : await readBody(request, route.requestBody?.maxBytes ?? DEFAULT_MAX_BODY_BYTES, route.errorCode);
     const result = await route.handle({ method, params, query: url.searchParams, headers: request.headers, body });
     if ('stream' in result) return result.stream(response, request);
     if ('json' in result) return sendJson(response, result.status, result.json, result.headers, request.method === 'HEAD');
@@ -218,6 +223,18 @@ export class ApiRouter {
       ...result.headers,
     });
     response.end(request.method === 'HEAD' ? undefined : result.body);
+  }
+
+  /** Answers 401 (and returns false) unless the request carries the token; true when no token is configured. */
+  guard(request: IncomingMessage, response: ServerResponse): boolean {
+    try {
+      this.authorise(request);
+      return true;
+    } catch (error) {
+      const denied = error as ApiError;
+      sendJson(response, denied.status, { error: denied.code, message: denied.message }, denied.headers);
+      return false;
+    }
   }
 
   private authorise(request: IncomingMessage): void {
@@ -248,10 +265,10 @@ export function sendJson(response: ServerResponse, status: number, value: unknow
 }
 
 /** The body up to `limit` bytes; a larger one is a 413 (and is not buffered). */
-async function readBody(request: IncomingMessage, limit: number): Promise<Uint8Array> {
+async function readBody(request: IncomingMessage, limit: number, code = 'too-large'): Promise<Uint8Array> {
   if (Number(request.headers['content-length']) > limit) {
     request.resume();
-    throw new ApiError(413, 'too-large', `request body over ${limit} bytes`, { Connection: 'close' });
+    throw new ApiError(413, code, `request body over ${limit} bytes`, { Connection: 'close' });
   }
   const chunks: Buffer[] = [];
   let size = 0;
@@ -259,7 +276,7 @@ async function readBody(request: IncomingMessage, limit: number): Promise<Uint8A
     size += chunk.length;
     if (size > limit) {
       request.resume();
-      throw new ApiError(413, 'too-large', `request body over ${limit} bytes`, { Connection: 'close' });
+      throw new ApiError(413, code, `request body over ${limit} bytes`, { Connection: 'close' });
     }
     chunks.push(chunk);
   }

@@ -1,10 +1,15 @@
+import { createHash } from 'node:crypto';
 import { basename } from 'node:path';
 import type { AgentSnapshot, CameraSnapshot, RecentEvent } from './agent-snapshot.js';
+import { PAGE_SCRIPT } from './page-script.js';
 
 /**
- * The operator page: one self-contained HTML document (inline CSS, no scripts, no
- * external assets, so it works on an air-gapped line and under a strict CSP) that
- * reloads itself. Pure: the same snapshot and clock give the same page.
+ * The operator page: one self-contained HTML document (inline CSS and one inline
+ * script, no external assets, so it works on an air-gapped line and under a strict
+ * CSP). The server-rendered HTML carries the essentials on its own (camera states,
+ * scores against thresholds, recent events with snapshot links) and reloads itself
+ * when scripts are off; the script (page-script.ts) adds the live parts from /api.
+ * Pure: the same snapshot and clock give the same page.
  */
 
 export const RECENT_EVENTS_SHOWN = 20;
@@ -12,7 +17,31 @@ export const RECENT_EVENTS_SHOWN = 20;
 export interface PageOptions {
   now: number;
   refreshSeconds: number;
+  /**
+   * What the script may expect of /api: `none` (no API: it only refreshes this page's
+   * figures), `open`, or `token` (every /api call needs the bearer token, so the page
+   * asks for it once). Default `none`.
+   */
+  api?: 'none' | 'open' | 'token';
 }
+
+/**
+ * The page's Content-Security-Policy. The script is allowed by its hash, not by
+ * 'unsafe-inline', so text that slipped through escaping still could not run.
+ * blob: images are the frames the script fetched with the Authorization header
+ * (an <img> cannot send one); inline styles are the bars' widths and the chart's
+ * labels. Nothing else, and nothing from another origin.
+ */
+export const PAGE_CONTENT_SECURITY_POLICY = [
+  "default-src 'none'",
+  `script-src 'sha256-${createHash('sha256').update(PAGE_SCRIPT).digest('base64')}'`,
+  "style-src 'unsafe-inline'",
+  "img-src 'self' blob:",
+  "connect-src 'self'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join('; ');
 
 /** The URL path the health server serves an event snapshot under, or null for none. */
 export function snapshotLink(event: Pick<RecentEvent, 'camera' | 'snapshot'>): string | null {
@@ -22,37 +51,63 @@ export function snapshotLink(event: Pick<RecentEvent, 'camera' | 'snapshot'>): s
 
 export function renderOperatorPage(snapshot: AgentSnapshot, options: PageOptions): string {
   const title = snapshot.deviceId ? `linewatch · ${snapshot.deviceId}` : 'linewatch';
-  const streaming = snapshot.cameras.filter((camera) => camera.state === 'streaming').length;
   const events = snapshot.recentEvents.slice(0, RECENT_EVENTS_SHOWN);
+  // Without scripts the page reloads itself; with them it must not (an open event would close), it refreshes its parts instead.
   return `<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="refresh" content="${options.refreshSeconds}">
+<noscript><meta http-equiv="refresh" content="${options.refreshSeconds}"><style>.live{aspect-ratio:auto;min-height:2.5rem}</style></noscript>
 <title>${escape(title)}</title>
 <style>${STYLE}</style>
 </head>
-<body>
+<body data-api="${options.api ?? 'none'}" data-refresh="${options.refreshSeconds}">
 <header>
 <h1>${escape(title)}</h1>
-<p>version ${escape(snapshot.version)} · up ${formatDuration(options.now - Date.parse(snapshot.startedAt))} · ${streaming}/${snapshot.cameras.length} cameras streaming ·
+${summary(snapshot, options)}
+<p class="links"><a href="/metrics">metrics</a> · <a href="/healthz">healthz</a>${
+    options.api && options.api !== 'none' ? ' · <a href="/api/openapi.json">API</a>' : ''
+  } · <span id="refresh-note">refreshes every ${options.refreshSeconds} s</span><span id="token-note" hidden> · <button type="button" id="forget-token" class="linkish">forget token</button></span></p>
+</header>
+<form id="auth" class="auth" hidden>
+<label for="auth-token">API token</label>
+<p id="auth-message" class="reason"></p>
+<input id="auth-token" type="password" autocomplete="current-password" required>
+<button type="submit">use token</button>
+</form>
+<h2>Cameras</h2>
+${snapshot.cameras.length === 0 ? '<p>No cameras configured.</p>' : `<div class="cards">\n${snapshot.cameras.map((camera) => cameraCard(camera, events, options.now)).join('\n')}\n</div>`}
+<h2>Recent events</h2>
+<div data-live="events">
+${events.length === 0 ? '<p>No events yet.</p>' : eventTable(events)}
+</div>
+<dialog id="event-dialog" aria-labelledby="event-title">
+<div class="dialog-head"><h3 id="event-title">event</h3><button type="button" class="close" aria-label="close">×</button></div>
+<div class="dialog-body">
+<div class="event-picture"><img id="event-image" alt="the event's peak frame with its box"></div>
+<div class="chart" id="event-chart"></div>
+<dl id="event-facts" class="facts"></dl>
+<p class="actions"><button type="button" id="mark-normal">mark as normal</button></p>
+<output id="event-reply" class="reply"></output>
+</div>
+</dialog>
+<script>${PAGE_SCRIPT}</script>
+</body>
+</html>
+`;
+}
+
+function summary(snapshot: AgentSnapshot, options: PageOptions): string {
+  const streaming = snapshot.cameras.filter((camera) => camera.state === 'streaming').length;
+  return `<div data-live="summary"><p>version ${escape(snapshot.version)} · up ${formatDuration(options.now - Date.parse(snapshot.startedAt))} · ${streaming}/${snapshot.cameras.length} cameras streaming ·
 MQTT <span class="${snapshot.mqtt.connected ? 'ok' : 'bad'}">${snapshot.mqtt.connected ? 'connected' : 'disconnected'}</span>${
     snapshot.mqtt.broker ? ` to ${escape(snapshot.mqtt.broker)}` : ''
   } · outbox ${snapshot.mqtt.outboxSize}${snapshot.mqtt.dropped ? ` · <span class="bad">${snapshot.mqtt.dropped} event(s) dropped</span>` : ''}${
     snapshot.mqtt.durable === false
       ? ` · <span class="bad">events in memory only: ${escape(snapshot.mqtt.notDurableReason ?? 'data folder not writable')}</span>`
       : ''
-  }</p>${failedComponents(snapshot)}
-<p class="links"><a href="/metrics">metrics</a> · <a href="/healthz">healthz</a> · refreshes every ${options.refreshSeconds} s</p>
-</header>
-<h2>Cameras</h2>
-${snapshot.cameras.length === 0 ? '<p>No cameras configured.</p>' : cameraTable(snapshot.cameras, options.now)}
-<h2>Recent events</h2>
-${events.length === 0 ? '<p>No events yet.</p>' : eventTable(events)}
-</body>
-</html>
-`;
+  }</p>${failedComponents(snapshot)}</div>`;
 }
 
 function failedComponents(snapshot: AgentSnapshot): string {
@@ -61,30 +116,47 @@ function failedComponents(snapshot: AgentSnapshot): string {
   return `\n<p class="bad">${failed.map((component) => `${escape(component.name)} failed: ${escape(component.error ?? 'unknown error')}`).join('<br>')}</p>`;
 }
 
-function cameraTable(cameras: CameraSnapshot[], now: number): string {
-  const rows = cameras.map((camera) => {
-    const lastFrame = camera.lastFrameAt ? `${formatDuration(now - Date.parse(camera.lastFrameAt))} ago` : 'never';
-    return `<tr>
-<td>${escape(camera.name)}</td>
-<td><span class="state ${stateClass(camera.state)}">${escape(camera.state)}</span>${
-      camera.reason ? `<div class="reason">${escape(camera.reason)}</div>` : ''
-    }${
-      camera.scoring?.failing ? `<div class="reason bad">frames fail scoring: ${escape(camera.scoring.lastError ?? '')}</div>` : ''
-    }<div class="reason">since ${escape(camera.since)}</div></td>
-<td class="num">${camera.fps.toFixed(1)}</td>
-<td>${scoreBar(camera.lastScore, camera.threshold)}</td>
-<td class="num">${camera.framesIn}</td>
-<td class="num">${camera.framesDropped}</td>
-<td class="num">${camera.restarts}</td>
-<td>${lastFrame}</td>
-</tr>`;
-  });
-  return `<table>
-<thead><tr><th>camera</th><th>state</th><th>fps</th><th>last score / threshold</th><th>frames</th><th>dropped</th><th>restarts</th><th>last frame</th></tr></thead>
-<tbody>
-${rows.join('\n')}
-</tbody>
-</table>`;
+/**
+ * One camera: the live view, chart and actions are empty shells the script fills
+ * (an <img> without the token cannot load /api images); the state and figures are
+ * rendered here, marked data-live so that the script swaps in fresh ones.
+ */
+function cameraCard(camera: CameraSnapshot, events: RecentEvent[], now: number): string {
+  const name = escape(camera.name);
+  const lastFrame = camera.lastFrameAt ? `${formatDuration(now - Date.parse(camera.lastFrameAt))} ago` : 'never';
+  const own = latestPerEvent(events.filter((event) => event.camera === camera.name)).slice(0, 6);
+  return `<article class="card" data-camera="${name}">
+<div class="card-head"><h3>${name}</h3><span data-live="state:${name}"><span class="state ${stateClass(camera.state)}">${escape(camera.state)}</span></span></div>
+<div class="live"><img class="live-image" alt="live view of ${name}"><span class="live-note">live view needs JavaScript and the API</span></div>
+<div class="tools" hidden><button type="button" class="heatmap-toggle" aria-pressed="false">heat map</button><span class="live-age muted"></span></div>
+<div class="chart" hidden></div>
+<div data-live="stats:${name}">
+${camera.reason ? `<div class="reason">${escape(camera.reason)}</div>` : ''}${
+    camera.scoring?.failing ? `<div class="reason bad">frames fail scoring: ${escape(camera.scoring.lastError ?? '')}</div>` : ''
+  }${scoreBar(camera.lastScore, camera.threshold)}
+<dl class="figures"><div><dt>fps</dt><dd>${camera.fps.toFixed(1)}</dd></div><div><dt>frames</dt><dd>${camera.framesIn}</dd></div><div><dt>dropped</dt><dd>${camera.framesDropped}</dd></div><div><dt>restarts</dt><dd>${camera.restarts}</dd></div><div><dt>last frame</dt><dd>${lastFrame}</dd></div><div><dt>since</dt><dd>${escape(camera.since)}</dd></div></dl>
+</div>
+<div class="thumbs" data-live="thumbs:${name}">${
+    own.length === 0
+      ? '<p class="muted">No recent events.</p>'
+      : own
+          .map((event) => {
+            const link = snapshotLink(event);
+            const text = `${escape(event.at)} · peak ${formatScore(event.peakScore)}`;
+            return link
+              ? `<a class="thumb-link" data-event-id="${escape(event.id)}" href="${escape(link)}">${text}</a>`
+              : `<span class="thumb-link" data-event-id="${escape(event.id)}">${text}</span>`;
+          })
+          .join('\n')
+  }</div>
+<div class="capture" hidden><label>frames <input type="number" class="capture-count" min="1" max="100" value="10"></label><button type="button" class="capture-button">capture normal frames</button><output class="reply capture-reply"></output></div>
+</article>`;
+}
+
+/** An event sends start, updates and end under one id: the newest message of each stands for it. */
+function latestPerEvent(events: RecentEvent[]): RecentEvent[] {
+  const seen = new Set<string>();
+  return events.filter((event) => !seen.has(event.id) && seen.add(event.id));
 }
 
 /**
@@ -99,13 +171,13 @@ function scoreBar(score: number | null, threshold: number | null): string {
   const fill = Math.max(0, Math.min(100, (score / scale) * 100));
   const mark = (threshold / scale) * 100;
   const over = score >= threshold;
-  return `<div class="bar" title="${escape(text)}"><div class="fill ${over ? 'over' : ''}" style="width:${fill.toFixed(1)}%"></div><div class="mark" style="left:${mark.toFixed(1)}%"></div></div><div class="reason">${escape(text)}</div>`;
+  return `<div class="bar" title="${escape(text)}"><div class="fill ${over ? 'over' : ''}" style="width:${fill.toFixed(1)}%"></div><div class="mark" style="left:${mark.toFixed(1)}%"></div></div><div class="reason">score ${escape(text)}</div>`;
 }
 
 function eventTable(events: RecentEvent[]): string {
   const rows = events.map((event) => {
     const link = snapshotLink(event);
-    return `<tr>
+    return `<tr data-event-id="${escape(event.id)}">
 <td>${escape(event.at)}</td>
 <td>${escape(event.camera)}</td>
 <td><span class="type-${escape(event.type)}">${escape(event.type)}</span></td>
@@ -115,12 +187,12 @@ function eventTable(events: RecentEvent[]): string {
 <td>${link ? `<a href="${escape(link)}">snapshot</a>` : '<span class="muted">none</span>'}</td>
 </tr>`;
   });
-  return `<table>
+  return `<div class="scroll"><table>
 <thead><tr><th>at</th><th>camera</th><th>type</th><th>score</th><th>peak</th><th>threshold</th><th>snapshot</th></tr></thead>
 <tbody>
 ${rows.join('\n')}
 </tbody>
-</table>`;
+</table></div>`;
 }
 
 function stateClass(state: string): string {
@@ -148,16 +220,57 @@ export function escape(text: string): string {
 }
 
 const STYLE = `
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1d232a;background:#f7f8fa}
-h1{font-size:1.4rem;margin:0 0 .3rem}h2{font-size:1.1rem;margin:1.5rem 0 .5rem}
+*{box-sizing:border-box}
+body{font:14px/1.4 system-ui,sans-serif;margin:0;padding:1rem 1.5rem 2rem;color:#1d232a;background:#f7f8fa}
+h1{font-size:1.4rem;margin:0 0 .3rem}h2{font-size:1.1rem;margin:1.5rem 0 .5rem}h3{font-size:1rem;margin:0}
 header p{margin:.2rem 0}.links a{color:#2a5db0}
-table{border-collapse:collapse;background:#fff;width:100%;max-width:1100px}
+button{font:inherit;padding:.3rem .7rem;border:1px solid #aab2bd;border-radius:4px;background:#fff;color:#1d232a;cursor:pointer}
+button:hover{background:#eef0f3}button:disabled{opacity:.6;cursor:progress}
+button[aria-pressed=true]{background:#1d232a;color:#fff;border-color:#1d232a}
+.linkish{border:0;padding:0;background:none;color:#2a5db0;text-decoration:underline}
+.auth{background:#fff8e1;border:1px solid #e0c36a;border-radius:6px;padding:.8rem;margin:1rem 0;max-width:30rem}
+.auth[hidden]{display:none}.auth input{width:100%;margin:.3rem 0;padding:.35rem;font:inherit}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,360px),1fr));gap:1rem;max-width:1600px}
+.cards>.card:only-child{max-width:760px}
+.card{background:#fff;border:1px solid #e2e5e9;border-radius:6px;padding:.8rem;display:flex;flex-direction:column;gap:.5rem;min-width:0}
+.card-head{display:flex;justify-content:space-between;align-items:baseline;gap:.5rem}
+.live{position:relative;background:#1d232a;border-radius:4px;aspect-ratio:16/9;overflow:hidden;display:flex;align-items:center;justify-content:center}
+.live img{width:100%;height:100%;object-fit:contain;display:block}.live img:not([src]){display:none}
+.live-note{color:#c8cdd3;font-size:12px;padding:.5rem;text-align:center}
+.tools{display:flex;gap:.6rem;align-items:center;flex-wrap:wrap}.tools[hidden],.capture[hidden],.chart[hidden]{display:none}
+.chart{position:relative;height:120px;background:#fbfcfd;border:1px solid #e2e5e9;border-radius:4px;margin-top:.2rem}
+.chart svg{position:absolute;left:0;right:0;top:16px;bottom:16px;width:100%;height:calc(100% - 32px)}
+.chart .line{fill:none;stroke-width:1.5;vector-effect:non-scaling-stroke}.chart .below{stroke:#3d8b5a}.chart .above{stroke:#c9372c}
+.chart .threshold{stroke:#1d232a;stroke-dasharray:4 3;stroke-width:1;vector-effect:non-scaling-stroke}
+.chart .now{stroke:#68707a;stroke-width:1;vector-effect:non-scaling-stroke}
+.chart .label{position:absolute;font-size:11px;color:#68707a;background:rgba(251,252,253,.8);padding:0 2px;line-height:1.2;white-space:nowrap}
+.chart .empty{position:absolute;inset:0;display:flex;align-items:center;justify-content:center;color:#68707a;font-size:12px}
+.figures{display:flex;flex-wrap:wrap;gap:.2rem 1rem;margin:.3rem 0 0}.figures div{display:flex;gap:.3rem}
+.figures dt{color:#68707a}.figures dd{margin:0;font-variant-numeric:tabular-nums}
+.thumbs{display:grid;grid-template-columns:repeat(auto-fill,minmax(100px,1fr));gap:.4rem}
+.thumb-link{display:block;font-size:12px;color:#2a5db0;grid-column:1/-1}
+.thumb{display:flex;flex-direction:column;gap:2px;padding:0;border:1px solid #e2e5e9;background:#fff;text-align:left;font-size:11px;overflow:hidden}
+.thumb img{width:100%;aspect-ratio:16/9;object-fit:cover;background:#1d232a;display:block}
+.thumb span{padding:0 .3rem .2rem}.thumb.open{border-color:#c9372c}
+.capture{display:flex;flex-wrap:wrap;gap:.4rem;align-items:center}.capture input{width:4.5rem;font:inherit;padding:.25rem}
+.reply{display:block;white-space:pre-wrap;word-break:break-word;font:12px/1.3 ui-monospace,monospace;color:#1d232a;max-height:10rem;overflow:auto;width:100%}
+.reply.bad{color:#b3261e}.reply:empty{display:none}
+.scroll{overflow-x:auto;max-width:1100px}
+table{border-collapse:collapse;background:#fff;width:100%}
+tr[data-event-id].clickable{cursor:pointer}tr[data-event-id].clickable:hover{background:#f2f5fa}
 th,td{border-bottom:1px solid #e2e5e9;padding:.35rem .6rem;text-align:left;vertical-align:top}
 th{background:#eef0f3;font-weight:600}.num{text-align:right;font-variant-numeric:tabular-nums}
 .state{font-weight:600}.ok{color:#1b7f3b}.warn{color:#a86400}.bad{color:#b3261e}
 .reason,.muted{color:#68707a;font-size:12px}
-.bar{position:relative;width:180px;height:10px;background:#e2e5e9;border-radius:3px;overflow:hidden}
+.bar{position:relative;width:100%;max-width:260px;height:10px;background:#e2e5e9;border-radius:3px;overflow:hidden}
 .fill{height:100%;background:#3d8b5a}.fill.over{background:#c9372c}
 .mark{position:absolute;top:0;width:2px;height:100%;background:#1d232a}
 .type-start{color:#b3261e;font-weight:600}.type-end{color:#1b7f3b}
+dialog{width:min(900px,96vw);max-height:94vh;border:1px solid #aab2bd;border-radius:8px;padding:0}
+dialog::backdrop{background:rgba(20,24,28,.55)}
+.dialog-head{display:flex;justify-content:space-between;align-items:center;padding:.6rem .8rem;border-bottom:1px solid #e2e5e9;position:sticky;top:0;background:#fff}
+.dialog-body{padding:.8rem;display:flex;flex-direction:column;gap:.6rem}
+.event-picture{background:#1d232a;border-radius:4px;min-height:3rem}.event-picture img{width:100%;display:block}.event-picture img:not([src]){display:none}
+.facts{display:grid;grid-template-columns:max-content 1fr;gap:.15rem .8rem;margin:0}.facts dt{color:#68707a}.facts dd{margin:0}
+@media (max-width:600px){body{padding:.6rem .6rem 1.5rem}h1{font-size:1.2rem}th,td{padding:.3rem .4rem}}
 `;

@@ -7,7 +7,7 @@ import { LinewatchError, UsageError } from '../errors.js';
 import type { AgentSnapshot } from './agent-snapshot.js';
 import type { ApiRouter } from './api.js';
 import type { AgentMetrics } from './metrics.js';
-import { renderOperatorPage } from './page.js';
+import { PAGE_CONTENT_SECURITY_POLICY, renderOperatorPage } from './page.js';
 
 export type { AgentSnapshot, CameraSnapshot, MqttSnapshot, RecentEvent } from './agent-snapshot.js';
 
@@ -17,9 +17,10 @@ export type { AgentSnapshot, CameraSnapshot, MqttSnapshot, RecentEvent } from '.
  *   GET /metrics    Prometheus text
  *   GET /           the operator page
  *   GET /snapshots/<camera>/<file>.jpg   event snapshots from the snapshot directory
- *   POST /api/cameras/<camera>/inspect   a triggered inspection; answers with its result
- * It binds 127.0.0.1 by default (config); it has no authentication, so exposing it
- * further is a deliberate choice for the operator.
+ *   /api/...       the REST API (src/health/api.ts), inspect commands included
+ * It binds 127.0.0.1 by default (config). /api and /snapshots take a bearer token
+ * (health.token, required beyond loopback); the page's markup, /healthz and /metrics
+ * show no pictures and no secrets and stay open for monitoring.
  */
 
 export interface HealthServerOptions {
@@ -35,16 +36,8 @@ export interface HealthServerOptions {
   /** Operator page reload interval. Default 5 s. */
   refreshSeconds?: number;
   now?: () => number;
-  /** POST /api/cameras/<camera>/inspect; without it the route answers 404. */
-  inspect?: InspectRoute;
   /** Every other /api route (src/health/api.ts); without it /api answers 404. */
   api?: ApiRouter;
-}
-
-/** The inspect route's handler: the body (at most maxBodyBytes) in, the HTTP status and JSON reply out. */
-export interface InspectRoute {
-  maxBodyBytes: number;
-  handle(camera: string, body: Uint8Array): Promise<{ status: number; reply: unknown }>;
 }
 
 export interface HealthServer {
@@ -113,8 +106,6 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
   });
 
   async function handle(request: IncomingMessage, response: ServerResponse): Promise<void> {
-    const inspectRoute = INSPECT_ROUTE.exec(new URL(request.url ?? '/', 'http://localhost').pathname);
-    if (inspectRoute) return inspect(inspectRoute[1]!, request, response);
     if (options.api && (await options.api.handle(request, response))) return;
     if (request.method !== 'GET' && request.method !== 'HEAD') {
       response.setHeader('Allow', 'GET, HEAD');
@@ -129,36 +120,14 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
       return send(response, 200, options.metrics.contentType, await options.metrics.render());
     }
     if (path === '/' || path === '/index.html') {
-      const page = renderOperatorPage(options.snapshot(), { now: now(), refreshSeconds });
-      return send(response, 200, 'text/html; charset=utf-8', page);
+      const api = options.api ? (options.api.requiresToken ? 'token' : 'open') : 'none';
+      const page = renderOperatorPage(options.snapshot(), { now: now(), refreshSeconds, api });
+      // The page's own policy: its inline script (by hash) may call this origin's API and show blob: images.
+      return send(response, 200, 'text/html; charset=utf-8', page, { 'Content-Security-Policy': PAGE_CONTENT_SECURITY_POLICY });
     }
-    if (path.startsWith('/snapshots/')) return serveSnapshot(path, request, response);
+    // Event pictures show the line: behind the same token as the API when one is set.
+    if (path.startsWith('/snapshots/')) return options.api && !options.api.guard(request, response) ? undefined : serveSnapshot(path, request, response);
     return send(response, 404, 'text/plain; charset=utf-8', 'not found: try /, /healthz or /metrics\n');
-  }
-
-  async function inspect(encodedCamera: string, request: IncomingMessage, response: ServerResponse): Promise<void> {
-    const usage = 'POST a JSON command: {"id":"<correlation id>"}';
-    if (request.method !== 'POST') {
-      response.setHeader('Allow', 'POST');
-      return sendJson(response, 405, { error: 'method-not-allowed', message: usage });
-    }
-    const route = options.inspect;
-    if (!route) return sendJson(response, 404, { error: 'not-found', message: 'this agent takes no inspect commands' });
-    let camera: string;
-    try {
-      camera = decodeURIComponent(encodedCamera);
-    } catch {
-      return sendJson(response, 400, { error: 'invalid-command', message: 'the camera name in the path is not valid percent-encoding' });
-    }
-    const body = await readBody(request, route.maxBodyBytes);
-    if (body === undefined) {
-      // What is still coming is discarded until the connection closes after this reply: never read to its end.
-      response.setHeader('Connection', 'close');
-      return sendJson(response, 413, { error: 'invalid-command', message: `request body over ${route.maxBodyBytes} bytes: ${usage}` });
-    }
-    const { status, reply } = await route.handle(camera, body);
-    if (status === 429) response.setHeader('Retry-After', '1');
-    sendJson(response, status, reply);
   }
 
   async function serveSnapshot(path: string, request: IncomingMessage, response: ServerResponse): Promise<void> {
@@ -187,34 +156,6 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
         server.closeAllConnections();
       }),
   };
-}
-
-const INSPECT_ROUTE = /^\/api\/cameras\/([^/]+)\/inspect$/;
-
-/** The request body, or undefined once it exceeds `limit` bytes (nothing beyond that is buffered). */
-function readBody(request: IncomingMessage, limit: number): Promise<Buffer | undefined> {
-  // Discarded, not buffered: closing on unread data would reset the connection before the client reads the 413.
-  if (Number(request.headers['content-length']) > limit) {
-    request.resume();
-    return Promise.resolve(undefined);
-  }
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        request.off('data', onData);
-        request.resume();
-        resolve(undefined);
-        return;
-      }
-      chunks.push(chunk);
-    };
-    request.on('data', onData);
-    request.once('end', () => resolve(Buffer.concat(chunks)));
-    request.once('error', reject);
-  });
 }
 
 const SAFE_CAMERA = /^[A-Za-z0-9_-]+$/;
@@ -254,18 +195,15 @@ const SECURITY_HEADERS = {
   'Referrer-Policy': 'no-referrer',
 };
 
-function send(response: ServerResponse, status: number, contentType: string, body: string): void {
+function send(response: ServerResponse, status: number, contentType: string, body: string, headers: Record<string, string> = {}): void {
   response.writeHead(status, {
     'Content-Type': contentType,
     'Content-Length': Buffer.byteLength(body),
     'Cache-Control': 'no-store',
     ...SECURITY_HEADERS,
+    ...headers,
   });
   response.end(response.req.method === 'HEAD' ? undefined : body);
-}
-
-function sendJson(response: ServerResponse, status: number, value: unknown): void {
-  send(response, status, 'application/json', `${JSON.stringify(value)}\n`);
 }
 
 function listenError(error: NodeJS.ErrnoException, host: string, port: number): LinewatchError {

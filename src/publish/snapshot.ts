@@ -11,6 +11,10 @@ import type { Box, Size } from '../scoring/region.js';
  * Writes are atomic (temp file + rename) so the operator page and MQTT consumers
  * never see half a JPEG, and each camera keeps only its newest `retain` files so a
  * flapping camera cannot fill the disk.
+ *
+ * Beside each snapshot goes the picture it was drawn on, untouched, as
+ * `<eventId>.original.jpg` (see originalPathOf): an operator who marks an event as
+ * normal teaches the next model with what the camera saw, not with the heat map.
  */
 
 export type SnapshotImage =
@@ -47,6 +51,11 @@ export interface SnapshotStoreOptions {
   dir: string;
   /** Snapshots kept per camera; older ones are deleted. */
   retain: number;
+  /**
+   * Bytes the snapshots of one camera may take (each counted with its original); the oldest
+   * are deleted beyond it. Default: no limit but `retain`.
+   */
+  maxBytes?: number;
   /** Problems that do not lose the new snapshot (a failed cleanup). */
   onWarning?: (message: string) => void;
 }
@@ -58,12 +67,18 @@ const OVERLAY_MAX_ALPHA = 0.65;
 /** Temp files older than this are leftovers of a crash, not a write in progress. */
 const STALE_TEMP_MS = 10 * 60_000;
 
+/** The original of `x.jpg` is `x.original.jpg`; it lives and dies with its snapshot. */
+export const ORIGINAL_SUFFIX = '.original.jpg';
+/** Quality of an original made from model-input pixels: it may become training data. */
+const ORIGINAL_JPEG_QUALITY = 95;
+
 const SAFE_CAMERA = /^[A-Za-z0-9_-]+$/;
 const SAFE_EVENT_ID = /^[A-Za-z0-9_-][A-Za-z0-9_.-]*$/;
 
 export class SnapshotStore {
   readonly dir: string;
   readonly retain: number;
+  readonly maxBytes: number;
   readonly #warn: (message: string) => void;
   #tempCounter = 0;
 
@@ -73,8 +88,14 @@ export class SnapshotStore {
         hint: 'set snapshots.retain to how many snapshots to keep per camera, or disable snapshots',
       });
     }
+    if (options.maxBytes !== undefined && !(options.maxBytes > 0)) {
+      throw new UsageError(`snapshots.maxMegabytes must be above 0, got ${options.maxBytes / 1e6}`, {
+        hint: 'set snapshots.maxMegabytes to the disk space the snapshots of one camera may take, or disable snapshots',
+      });
+    }
     this.dir = options.dir;
     this.retain = options.retain;
+    this.maxBytes = options.maxBytes ?? Number.POSITIVE_INFINITY;
     this.#warn = options.onWarning ?? ((message) => defaultLogger().warn(message));
   }
 
@@ -86,8 +107,8 @@ export class SnapshotStore {
   }
 
   /**
-   * Renders and writes the snapshot, replacing an earlier one of the same event (a new
-   * peak), then deletes the camera's oldest snapshots beyond `retain`. Returns its path.
+   * Renders and writes the snapshot and its original, replacing earlier ones of the same
+   * event (a new peak), then deletes the camera's oldest snapshots beyond `retain`. Returns its path.
    * Throws a LinewatchError saying what to do when the image cannot be rendered or the
    * disk refuses the write.
    */
@@ -99,15 +120,21 @@ export class SnapshotStore {
         cause: error,
       });
     });
+    const original = await originalJpeg(input.image).catch((error: unknown) => {
+      throw new LinewatchError(`cannot encode the original picture of event ${input.eventId} (${input.camera}): ${messageOf(error)}`, { cause: error });
+    });
     const cameraDir = join(this.dir, input.camera);
-    const temp = join(cameraDir, `.${input.eventId}.jpg.${process.pid}.${this.#tempCounter++}.tmp`);
-    try {
-      await mkdir(cameraDir, { recursive: true });
-      await writeFile(temp, jpeg);
-      await rename(temp, target);
-    } catch (error) {
-      await rm(temp, { force: true }).catch(() => undefined);
-      throw writeError(error, target, this.dir);
+    // The original first: whoever sees the snapshot (its path is in the event) finds the original too.
+    for (const [bytes, path] of [[original, originalPathOf(target)], [jpeg, target]] as const) {
+      const temp = join(cameraDir, `.${input.eventId}.jpg.${process.pid}.${this.#tempCounter++}.tmp`);
+      try {
+        await mkdir(cameraDir, { recursive: true });
+        await writeFile(temp, bytes);
+        await rename(temp, path);
+      } catch (error) {
+        await rm(temp, { force: true }).catch(() => undefined);
+        throw writeError(error, target, this.dir);
+      }
     }
     await this.#prune(cameraDir).catch((error: unknown) => {
       this.#warn(`cannot delete old snapshots in ${cameraDir}: ${messageOf(error)}`);
@@ -115,24 +142,77 @@ export class SnapshotStore {
     return target;
   }
 
+  /**
+   * Applies `retain` and the byte budget to a camera's snapshots now (at start: a budget lowered
+   * since the last run applies before the next event); a camera without snapshots is left alone.
+   */
+  async prune(camera: string): Promise<void> {
+    if (!SAFE_CAMERA.test(camera)) throw new RangeError(`camera name ${JSON.stringify(camera)} is not safe as a directory name`);
+    await this.#prune(join(this.dir, camera)).catch((error: unknown) => {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    });
+  }
+
   async #prune(cameraDir: string): Promise<void> {
     const names = await readdir(cameraDir);
     const now = Date.now();
-    const snapshots: Array<{ path: string; name: string; mtimeNs: bigint }> = [];
+    const snapshots: Array<{ path: string; name: string; mtimeNs: bigint; bytes: number }> = [];
+    /** Size of each original, by the path of its snapshot. */
+    const originalBytes = new Map<string, number>();
     for (const name of names) {
       const path = join(cameraDir, name);
       const info = await stat(path, { bigint: true }).catch(() => null);
       if (!info?.isFile()) continue;
       if (name.startsWith('.') && name.endsWith('.tmp')) {
         if (now - Number(info.mtimeMs) > STALE_TEMP_MS) await rm(path, { force: true });
+      } else if (name.endsWith(ORIGINAL_SUFFIX)) {
+        // Not counted: it goes with its snapshot below. One left alone (its snapshot's write
+        // failed, or someone deleted it) goes once it is old enough not to be a save in progress.
+        const snapshot = join(cameraDir, `${name.slice(0, -ORIGINAL_SUFFIX.length)}.jpg`);
+        originalBytes.set(snapshot, Number(info.size));
+        if (now - Number(info.mtimeMs) > STALE_TEMP_MS && !(await stat(snapshot).catch(() => null))) await rm(path, { force: true });
       } else if (name.endsWith('.jpg') && !name.startsWith('.')) {
-        snapshots.push({ path, name, mtimeNs: info.mtimeNs });
+        snapshots.push({ path, name, mtimeNs: info.mtimeNs, bytes: Number(info.size) });
       }
     }
     // Newest first; the name breaks ties of equal timestamps so the order is stable.
     snapshots.sort((a, b) => (a.mtimeNs === b.mtimeNs ? b.name.localeCompare(a.name) : a.mtimeNs > b.mtimeNs ? -1 : 1));
-    for (const old of snapshots.slice(this.retain)) await rm(old.path, { force: true });
+    // Kept from the newest while both `retain` and the byte budget allow; from the first that does
+    // not fit on, all older ones go, so the oldest always go first. The newest stays even when it
+    // alone is over the budget: its event names it.
+    let kept = 0;
+    let bytes = 0;
+    for (const snapshot of snapshots) {
+      const size = snapshot.bytes + (originalBytes.get(snapshot.path) ?? 0);
+      if (kept > 0 && (kept >= this.retain || bytes + size > this.maxBytes)) break;
+      kept += 1;
+      bytes += size;
+    }
+    for (const old of snapshots.slice(kept)) {
+      await rm(old.path, { force: true });
+      await rm(originalPathOf(old.path), { force: true });
+    }
   }
+}
+
+/** Where the original picture of the snapshot at `snapshotPath` is. */
+export function originalPathOf(snapshotPath: string): string {
+  return `${snapshotPath.replace(/\.jpg$/, '')}${ORIGINAL_SUFFIX}`;
+}
+
+/**
+ * The picture under the overlay, untouched: the preview JPEG byte for byte (full resolution,
+ * no re-encoding), or the model-input frame at its own size.
+ */
+async function originalJpeg(image: SnapshotImage): Promise<Buffer> {
+  return 'jpeg' in image ? image.jpeg : modelFrameJpeg(image);
+}
+
+/** A model-input frame as a JPEG at its own size, good enough to train on; a grey frame stays one channel. */
+export function modelFrameJpeg(frame: { pixels: Uint8Array; width: number; height: number; channels: 1 | 3 }): Promise<Buffer> {
+  const { pixels, width, height, channels } = frame;
+  const encoder = sharp(pixels, { raw: { width, height, channels } });
+  return (channels === 1 ? encoder.toColourspace('b-w') : encoder).jpeg({ quality: ORIGINAL_JPEG_QUALITY, chromaSubsampling: '4:4:4' }).toBuffer();
 }
 
 /** The snapshot JPEG, without touching the disk. */
@@ -298,7 +378,7 @@ function writeError(error: unknown, target: string, dir: string): LinewatchError
   const code = (error as NodeJS.ErrnoException).code;
   const what = `cannot write snapshot ${target}: ${messageOf(error)}`;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new LinewatchError(what, { hint: `the disk holding ${dir} is full: free space there or lower snapshots.retain`, cause: error });
+    return new LinewatchError(what, { hint: `the disk holding ${dir} is full: free space there or lower snapshots.retain or snapshots.maxMegabytes`, cause: error });
   }
   if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
     return new LinewatchError(what, {

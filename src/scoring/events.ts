@@ -38,10 +38,12 @@ import type { Box } from './region.js';
 
 export type EventMessageType = 'start' | 'update' | 'end';
 // `interrupted` is never produced here: the publisher sends it at start for an event a crash left open.
-export const END_REASONS = ['recovered', 'shutdown', 'max-duration', 'camera-offline', 'interrupted'] as const;
+// `model-changed`: the camera's model was swapped while the event was open; its scores and threshold
+// came from the old model, so it ends rather than mixing two models' scores in one peak and mean.
+export const END_REASONS = ['recovered', 'shutdown', 'max-duration', 'camera-offline', 'interrupted', 'model-changed'] as const;
 export type EndReason = (typeof END_REASONS)[number];
 /** Reasons an open event is ended from outside the score stream. */
-export type CloseReason = Extract<EndReason, 'shutdown' | 'camera-offline'>;
+export type CloseReason = Extract<EndReason, 'shutdown' | 'camera-offline' | 'model-changed'>;
 
 /** In source-image pixels; filled by the wiring, never by the tracker. */
 export type EventBox = Box;

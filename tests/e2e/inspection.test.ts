@@ -7,7 +7,9 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { addInspectRoute } from '../../src/agent/api-routes.js';
 import { INSPECTION_LIMITS } from '../../src/agent/inspection.js';
+import { ApiRouter } from '../../src/health/api.js';
 import { AgentMetrics } from '../../src/health/metrics.js';
 import { startHealthServer, type AgentSnapshot, type HealthServer } from '../../src/health/server.js';
 import { REPO, startAgent, writeConfig, type AgentProcess } from '../helpers/agent.js';
@@ -225,24 +227,20 @@ describe.skipIf(missing.length > 0)('triggered inspection against a running agen
   });
 });
 
-describe('the inspect route of the health server', () => {
+describe('the inspect route of the REST API on the health server', () => {
   let server: HealthServer;
   const calls: { camera: string; body: string }[] = [];
   beforeAll(async () => {
     const snapshot = (): AgentSnapshot => ({ version: '0', startedAt: new Date().toISOString(), deviceId: 'd', cameras: [], mqtt: { connected: true, broker: 'x', outboxSize: 0 }, recentEvents: [] });
-    server = await startHealthServer({
-      host: '127.0.0.1',
-      port: 0,
-      metrics: new AgentMetrics({ processMetrics: false }),
-      snapshot,
-      inspect: {
-        maxBodyBytes: 64,
-        handle: async (camera, body) => {
-          calls.push({ camera, body: Buffer.from(body).toString('utf8') });
-          return { status: camera === 'busy' ? 429 : 200, reply: { camera } };
-        },
+    const api = new ApiRouter({ version: '0' });
+    addInspectRoute(api, {
+      maxBodyBytes: 64,
+      handle: async (camera, body) => {
+        calls.push({ camera, body: Buffer.from(body).toString('utf8') });
+        return { status: camera === 'busy' ? 429 : 200, reply: { camera } };
       },
     });
+    server = await startHealthServer({ host: '127.0.0.1', port: 0, metrics: new AgentMetrics({ processMetrics: false }), snapshot, api });
   });
   afterAll(async () => server?.close());
 

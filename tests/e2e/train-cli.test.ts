@@ -97,6 +97,33 @@ describe('linewatch train', () => {
     expect(existsSync(path.join(dir, 'never'))).toBe(false);
   }, 180_000);
 
+  it('trains on several --images at once (folders and lists), each picture once, passing over the JSON records of a feedback folder', async () => {
+    const base = path.join(dir, 'several');
+    const normal = path.join(base, 'normal');
+    const feedback = path.join(base, 'feedback', 'line1');
+    mkdirSync(normal, { recursive: true });
+    mkdirSync(feedback, { recursive: true });
+    for (let i = 0; i < 12; i++) {
+      await sharp(toInterleavedBytes(texture(40, 40, 1, 200 + i)), { raw: { width: 40, height: 40, channels: 1 } }).png().toFile(path.join(normal, `n-${i}.png`));
+    }
+    for (let i = 0; i < 3; i++) {
+      await sharp(toInterleavedBytes(texture(40, 40, 1, 300 + i)), { raw: { width: 40, height: 40, channels: 1 } }).jpeg().toFile(path.join(feedback, `capture-x-00${i}.jpg`));
+    }
+    writeFileSync(path.join(feedback, 'capture-x.json'), '{"kind": "capture"}');
+    // A list naming two pictures the normal folder already gives: they must not count twice.
+    const list = path.join(base, 'again.txt');
+    writeFileSync(list, 'normal/n-0.png\nnormal/n-1.png\n');
+    const out = path.join(base, 'bundle');
+    const result = runCli(['train', '--images', normal, '--images', feedback, '--images', list, '--channels', '1', '--epochs', '1', '--size', '32', '--filters', '4,8', '--latent', '8', '--batch-size', '8', '--comparator-filters', '4,8', '--no-int8', '--out', out], {
+      timeoutMs: 120_000,
+    });
+    expect(result.code, result.output).toBe(0);
+    expect(result.stderr).toMatch(/data: 15 grey images from images:normal\+line1\+again\.txt/);
+    const manifest = await readManifest(out);
+    expect(manifest.training.images + manifest.training.heldOut).toBe(15);
+    expect(manifest.training.source).toBe('images:normal+line1+again.txt');
+  }, 150_000);
+
   it('writes to models/<video name> when --out is not given', () => {
     const cwd = path.join(dir, 'default-out');
     mkdirSync(cwd);

@@ -41,6 +41,7 @@ beforeAll(() => {
   credentials = path.join(scratch, 'credentials');
   mkdirSync(credentials);
   writeFileSync(path.join(credentials, 'mqtt-password'), 's3cret pass\n');
+  writeFileSync(path.join(credentials, 'health-token'), '0123456789abcdef0123456789abcdef\n');
   writeFileSync(path.join(credentials, 'broker-ca.pem'), '-----BEGIN CERTIFICATE-----\n');
   model = path.join(scratch, 'models', 'line1');
   mkdirSync(model, { recursive: true });
@@ -158,7 +159,7 @@ describe('example configs', () => {
     });
     expect(labeller!.threshold).toEqual({ mode: 'absolute', value: 0.42 });
     expect(packing!.threshold).toEqual({ mode: 'manifest' });
-    expect(packing!.snapshots).toEqual({ enabled: true, retain: 200 });
+    expect(packing!.snapshots).toEqual({ enabled: true, retain: 200, maxMegabytes: 100 });
     expect(packing!.ignore).toEqual([
       [
         [0.7, 0.4],
@@ -173,12 +174,13 @@ describe('example configs', () => {
   });
 
   it('jetson asks for TensorRT, then CUDA, then the CPU, with hardware decoding', async () => {
-    const config = await loadConfig(path.join(ROOT, 'config/jetson.yaml'), {}, { baseDir: ROOT, fileExists: examplePaths });
+    const config = await loadConfig(path.join(ROOT, 'config/jetson.yaml'), { CREDENTIALS_DIRECTORY: credentials }, { baseDir: ROOT, fileExists: examplePaths });
     for (const camera of resolveCameras(config)) {
       expect(camera.providers).toEqual(['tensorrt', 'cuda', 'cpu']);
       expect(camera.hwaccel).toBe('jetson');
     }
     expect(resolveCameras(config).map((camera) => camera.stallTimeoutS)).toEqual([10, 20]);
+    expect(config.health.token).toBe('0123456789abcdef0123456789abcdef');
   });
 });
 
@@ -228,7 +230,7 @@ describe('defaults', () => {
         threshold: { mode: 'manifest' },
         ignore: [],
         debounce: { k: 3, n: 5, endFrames: 5, hysteresis: 0.9, minDurationMs: 1000, cooldownMs: 0, updateIntervalMs: 1000 },
-        snapshots: { enabled: true, retain: 100 },
+        snapshots: { enabled: true, retain: 100, maxMegabytes: 100 },
         scorePublish: false,
       },
     ]);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinewatchError, UsageError } from '../../src/errors.js';
-import { colourMap, SnapshotStore } from '../../src/publish/snapshot.js';
+import { colourMap, originalPathOf, SnapshotStore } from '../../src/publish/snapshot.js';
 import { anomalyBox, toSourceBox } from '../../src/scoring/region.js';
 
 const VIDEO = '../shared/data/videos/bottle-detection.mp4';
@@ -69,6 +69,8 @@ describe.skipIf(!haveData)('SnapshotStore on real images', () => {
     const edge = await rgbAt(written, box.x + 1, box.y + Math.floor(box.height / 2));
     expect(edge[0]).toBeGreaterThan(180);
     expect(edge[1]).toBeLessThan(110);
+    // Beside it, the preview as captured: the same bytes, no overlay, no re-encoding.
+    expect((await readFile(originalPathOf(path))).equals(frame)).toBe(true);
   });
 
   it('enlarges the model-input frame to the aspect ratio of the crop it came from', async () => {
@@ -125,8 +127,9 @@ describe('SnapshotStore files', () => {
     await store.save({ camera: 'cam2', eventId: 'other', image: small, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
     // The fifth save pruned before its own mtime was rewound; one more save prunes with all times settled.
     const last = await store.save({ camera: 'cam1', eventId: 'e5', image: small, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
-    expect(readdirSync(join(root, 'cam1')).sort()).toEqual(['e3.jpg', 'e4.jpg', 'e5.jpg']);
-    expect(readdirSync(join(root, 'cam2'))).toEqual(['other.jpg']);
+    // An original goes with its snapshot: `retain` counts events, not files.
+    expect(readdirSync(join(root, 'cam1')).sort()).toEqual(['e3.jpg', 'e3.original.jpg', 'e4.jpg', 'e4.original.jpg', 'e5.jpg', 'e5.original.jpg']);
+    expect(readdirSync(join(root, 'cam2')).sort()).toEqual(['other.jpg', 'other.original.jpg']);
     expect(last).toBe(join(root, 'cam1', 'e5.jpg'));
   });
 
@@ -137,9 +140,13 @@ describe('SnapshotStore files', () => {
     const bright = { ...small, pixels: new Uint8Array(16 * 16).fill(250) };
     const second = await store.save({ camera: 'cam1', eventId: 'same', image: bright, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
     expect(second).toBe(first);
-    expect(readdirSync(join(root, 'cam1'))).toEqual(['same.jpg']);
+    expect(readdirSync(join(root, 'cam1')).sort()).toEqual(['same.jpg', 'same.original.jpg']);
     const { readFile } = await import('node:fs/promises');
     expect((await rgbAt(await readFile(second), 10, 10))[0]).toBeGreaterThan(240);
+    // The original of the new peak replaced the old one too, at the model-input frame's own size and grey as it was.
+    const original = await readFile(originalPathOf(second));
+    expect(await sharp(original).metadata()).toMatchObject({ format: 'jpeg', width: 16, height: 16, channels: 1 });
+    expect((await rgbAt(original, 10, 10))[0]).toBeGreaterThan(240);
   });
 
   it('cleans up temp files a crash left behind, but not fresh ones', async () => {
@@ -153,7 +160,21 @@ describe('SnapshotStore files', () => {
     const hourAgo = Date.now() / 1000 - 3600;
     utimesSync(stale, hourAgo, hourAgo);
     await store.save({ camera: 'cam1', eventId: 'b', image: small, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
-    expect(readdirSync(join(root, 'cam1')).sort()).toEqual(['.new.jpg.1.1.tmp', 'a.jpg', 'b.jpg']);
+    expect(readdirSync(join(root, 'cam1')).sort()).toEqual(['.new.jpg.1.1.tmp', 'a.jpg', 'a.original.jpg', 'b.jpg', 'b.original.jpg']);
+  });
+
+  it('deletes an original left without its snapshot once it is old, but not one being saved', async () => {
+    const root = join(dir, 'orphans');
+    const store = new SnapshotStore({ dir: root, retain: 5 });
+    await store.save({ camera: 'cam1', eventId: 'a', image: small, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
+    const old = join(root, 'cam1', 'gone.original.jpg');
+    const fresh = join(root, 'cam1', 'saving.original.jpg');
+    writeFileSync(old, 'x');
+    writeFileSync(fresh, 'x');
+    const hourAgo = Date.now() / 1000 - 3600;
+    utimesSync(old, hourAgo, hourAgo);
+    await store.save({ camera: 'cam1', eventId: 'b', image: small, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
+    expect(readdirSync(join(root, 'cam1')).sort()).toEqual(['a.jpg', 'a.original.jpg', 'b.jpg', 'b.original.jpg', 'saving.original.jpg']);
   });
 
   it('says clearly when it cannot write', async () => {
@@ -171,6 +192,7 @@ describe('SnapshotStore files', () => {
     const attempt = store.save({ camera: 'cam1', eventId: 'x', image: { jpeg: Buffer.from('not a jpeg at all') }, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
     await expect(attempt).rejects.toThrow(/cannot render the snapshot of event x \(cam1\)/);
     expect(existsSync(join(dir, 'corrupt', 'cam1', 'x.jpg'))).toBe(false);
+    expect(existsSync(join(dir, 'corrupt', 'cam1', 'x.original.jpg'))).toBe(false);
   });
 
   it('refuses names that would escape the snapshot directory and a retain below 1', () => {

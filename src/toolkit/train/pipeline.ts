@@ -26,8 +26,11 @@ import { SyntheticAnomalies, type AnomalyKind } from './synthetic.js';
 import { trainVae, type EpochInfo, type VaeConfig } from './vae.js';
 
 export interface TrainBundleOptions {
-  /** A folder of images or a list file (with `root` for relative paths). */
-  images?: string;
+  /**
+   * Folders of images or list files (with `root` for relative paths), used together: the
+   * original normal set plus the pictures an operator marked as normal, for instance.
+   */
+  images?: string | readonly string[];
   root?: string;
   /** A video file or stream URL to take normal frames from. */
   video?: string;
@@ -280,17 +283,20 @@ async function scoreVariant(
 }
 
 async function gatherImages(options: TrainBundleOptions): Promise<{ images: ImageTensor[]; skipped: number; source: string; channels: 1 | 3 }> {
-  if (Boolean(options.images) === Boolean(options.video)) {
-    throw new UsageError('give exactly one of --images and --video', {
-      hint: 'e.g. --images ./normal/ or --video line1.mp4 --start 0 --duration 60',
+  const specs = typeof options.images === 'string' ? [options.images] : (options.images ?? []);
+  if ((specs.length > 0) === Boolean(options.video)) {
+    throw new UsageError('give either --images (one or more) or --video', {
+      hint: 'e.g. --images ./normal/ --images /var/lib/linewatch/feedback/line1, or --video line1.mp4 --start 0 --duration 60',
     });
   }
   const size = { width: options.width, height: options.height };
-  if (options.images) {
-    const paths = await resolveImageList(options.images, options.root);
+  if (specs.length > 0) {
+    // A picture named twice (a folder and a list of it) would weigh double and could sit in both halves of the split.
+    const paths = [...new Set((await Promise.all(specs.map((spec) => resolveImageList(spec, options.root)))).flat().map((file) => path.resolve(file)))];
     const channels = options.channels === 'auto' ? await detectChannels(paths) : options.channels;
     const loaded = await loadImages(paths, { ...size, channels });
-    return { images: loaded.images, skipped: loaded.skipped.length, source: `images:${path.basename(options.images)}`, channels };
+    const source = `images:${specs.map((spec) => path.basename(spec.replace(/\/+$/, ''))).join('+')}`;
+    return { images: loaded.images, skipped: loaded.skipped.length, source, channels };
   }
   // Video frames come from ffmpeg in the format asked for; colour must be asked for explicitly.
   const channels = options.channels === 'auto' ? 1 : options.channels;
