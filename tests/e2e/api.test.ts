@@ -4,7 +4,7 @@
  * them. The agent runs with health.token set, so every request but the OpenAPI
  * document carries it.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { request, type IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,17 +12,12 @@ import SwaggerParser from '@apidevtools/swagger-parser';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { REPO, startAgent, writeConfig, type AgentProcess } from '../helpers/agent.js';
-import { freePort, isMosquittoInstalled, recordMqtt, startMosquitto, type MosquittoBroker, type MqttRecorder, type ReceivedMessage } from '../helpers/mosquitto.js';
+import { startAgent, writeConfig, type AgentProcess, DEMO_MODEL, DEMO_VIDEO, demoAgentMissing } from '../helpers/agent.js';
+import { freePort, recordMqtt, startMosquitto, type MosquittoBroker, type MqttRecorder, type ReceivedMessage } from '../helpers/mosquitto.js';
 
-const VIDEO = path.join(REPO, 'assets/demo/bottle-detection.mp4');
-const MODEL = path.join(REPO, 'models/demo');
-const missing = [
-  isMosquittoInstalled() ? undefined : 'mosquitto is not installed (run scripts/setup.sh)',
-  existsSync(path.join(MODEL, 'manifest.json')) ? undefined : 'models/demo is missing',
-  existsSync(VIDEO) ? undefined : 'the demo video is missing',
-].filter(Boolean);
-if (missing.length) console.warn(`REST API tests skipped: ${missing.join('; ')}`);
+const VIDEO = DEMO_VIDEO;
+const MODEL = DEMO_MODEL;
+const missing = demoAgentMissing('REST API tests');
 
 const BASE = 'linewatch/testdev';
 const TOKEN = 'api-test-token-0123456789abcdef';

@@ -14,17 +14,12 @@ import { loadImage } from '../../src/image/load.js';
 import { normaliseInput } from '../../src/image/normalise.js';
 import { loadBundle } from '../../src/model/bundle.js';
 import { originalPathOf } from '../../src/publish/snapshot.js';
-import { REPO, runCli, startAgent, writeConfig, type AgentProcess } from '../helpers/agent.js';
-import { freePort, isMosquittoInstalled, recordMqtt, startMosquitto, type MosquittoBroker, type MqttRecorder } from '../helpers/mosquitto.js';
+import { runCli, startAgent, writeConfig, type AgentProcess, DEMO_MODEL, DEMO_VIDEO, demoAgentMissing } from '../helpers/agent.js';
+import { freePort, recordMqtt, startMosquitto, type MosquittoBroker, type MqttRecorder } from '../helpers/mosquitto.js';
 
-const VIDEO = path.join(REPO, 'assets/demo/bottle-detection.mp4');
-const MODEL = path.join(REPO, 'models/demo');
-const missing = [
-  isMosquittoInstalled() ? undefined : 'mosquitto is not installed (run scripts/setup.sh)',
-  existsSync(path.join(MODEL, 'manifest.json')) ? undefined : 'models/demo is missing',
-  existsSync(VIDEO) ? undefined : 'the demo video is missing',
-].filter(Boolean);
-if (missing.length) console.warn(`feedback tests skipped: ${missing.join('; ')}`);
+const VIDEO = DEMO_VIDEO;
+const MODEL = DEMO_MODEL;
+const missing = demoAgentMissing('feedback tests');
 
 const BASE = 'linewatch/testdev';
 

@@ -5,24 +5,19 @@
  * renders the entities' templates on what the agent really publishes, fetches the
  * image entity's URL, and sees a camera that left the config removed on the next start.
  */
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { REPO, startAgent, writeConfig, type AgentProcess } from '../helpers/agent.js';
+import { startAgent, writeConfig, type AgentProcess, DEMO_MODEL, DEMO_VIDEO, demoAgentMissing } from '../helpers/agent.js';
 import { renderTemplate } from '../helpers/jinja.js';
-import { freePort, isMosquittoInstalled, recordMqtt, startMosquitto, type MosquittoBroker, type MqttRecorder, type ReceivedMessage } from '../helpers/mosquitto.js';
+import { freePort, recordMqtt, startMosquitto, type MosquittoBroker, type MqttRecorder, type ReceivedMessage } from '../helpers/mosquitto.js';
 import { payloadValidator } from '../helpers/payloads.js';
 
-const VIDEO = path.join(REPO, 'assets/demo/bottle-detection.mp4');
-const MODEL = path.join(REPO, 'models/demo');
-const missing = [
-  isMosquittoInstalled() ? undefined : 'mosquitto is not installed (run scripts/setup.sh)',
-  existsSync(path.join(MODEL, 'manifest.json')) ? undefined : 'models/demo is missing',
-  existsSync(VIDEO) ? undefined : 'the demo video is missing',
-].filter(Boolean);
-if (missing.length) console.warn(`Home Assistant tests skipped: ${missing.join('; ')}`);
+const VIDEO = DEMO_VIDEO;
+const MODEL = DEMO_MODEL;
+const missing = demoAgentMissing('Home Assistant tests');
 
 const BASE = 'linewatch/testdev';
 const AGENT_CONFIG = 'homeassistant/device/linewatch_testdev/config';

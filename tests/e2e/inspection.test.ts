@@ -2,7 +2,7 @@
  * Triggered inspection end to end: `linewatch run` with the demo model and video, a real
  * mosquitto, commands over MQTT and HTTP, replies recorded by a real subscriber.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,18 +12,13 @@ import { INSPECTION_LIMITS } from '../../src/agent/inspection.js';
 import { ApiRouter } from '../../src/health/api.js';
 import { AgentMetrics } from '../../src/health/metrics.js';
 import { startHealthServer, type AgentSnapshot, type HealthServer } from '../../src/health/server.js';
-import { REPO, startAgent, writeConfig, type AgentProcess } from '../helpers/agent.js';
-import { freePort, isMosquittoInstalled, recordMqtt, startMosquitto, type MosquittoBroker, type MqttRecorder, type ReceivedMessage } from '../helpers/mosquitto.js';
+import { startAgent, writeConfig, type AgentProcess, DEMO_MODEL, DEMO_VIDEO, demoAgentMissing } from '../helpers/agent.js';
+import { freePort, recordMqtt, startMosquitto, type MosquittoBroker, type MqttRecorder, type ReceivedMessage } from '../helpers/mosquitto.js';
 import { payloadValidator } from '../helpers/payloads.js';
 
-const VIDEO = path.join(REPO, 'assets/demo/bottle-detection.mp4');
-const MODEL = path.join(REPO, 'models/demo');
-const missing = [
-  isMosquittoInstalled() ? undefined : 'mosquitto is not installed (run scripts/setup.sh)',
-  existsSync(path.join(MODEL, 'manifest.json')) ? undefined : 'models/demo is missing',
-  existsSync(VIDEO) ? undefined : 'the demo video is missing',
-].filter(Boolean);
-if (missing.length) console.warn(`inspection tests skipped: ${missing.join('; ')}`);
+const VIDEO = DEMO_VIDEO;
+const MODEL = DEMO_MODEL;
+const missing = demoAgentMissing('inspection tests');
 
 const BASE = 'linewatch/testdev';
 

@@ -1,11 +1,30 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
+import { isMosquittoInstalled } from './mosquitto.js';
 
 export const REPO = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = path.join(REPO, 'bin', 'linewatch.js');
+
+/** The shipped demo: a recording with real anomalies and the model trained on its first seconds. */
+export const DEMO_VIDEO = path.join(REPO, 'assets/demo/bottle-detection.mp4');
+export const DEMO_MODEL = path.join(REPO, 'models/demo');
+
+/**
+ * What an agent test on the demo against a real mosquitto lacks here, warned once as
+ * `<suite> skipped: ...` (under CI=true a skipped test fails the run).
+ */
+export function demoAgentMissing(suite: string): string[] {
+  const missing = [
+    isMosquittoInstalled() ? undefined : 'mosquitto is not installed (run scripts/setup.sh)',
+    existsSync(path.join(DEMO_MODEL, 'manifest.json')) ? undefined : 'models/demo is missing',
+    existsSync(DEMO_VIDEO) ? undefined : 'the demo video is missing',
+  ].filter((reason): reason is string => reason !== undefined);
+  if (missing.length) console.warn(`${suite} skipped: ${missing.join('; ')}`);
+  return missing;
+}
 
 /** `linewatch run` as a real child process, with its output kept for assertions and failure messages. */
 export interface AgentProcess {
