@@ -1,8 +1,12 @@
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiError, ApiRouter, isLoopbackHost, OPENAPI_PATH } from '../../src/health/api.js';
 import { configFromObject } from '../../src/config/index.js';
+import { REPO, runCli, writeConfig } from '../helpers/agent.js';
 
 const TOKEN = 'a-token-of-24-characters';
 
@@ -102,6 +106,18 @@ describe('health.token in the config', () => {
     expect(configFromObject({ ...base, health: { host: '0.0.0.0', token: TOKEN } }).health.token).toBe(TOKEN);
     expect(configFromObject({ ...base, health: { host: '127.0.0.1' } }).health.token).toBeUndefined();
     expect(() => configFromObject({ ...base, health: { token: 'short' } })).toThrow(/at least 16 characters/);
+  });
+
+  it('stops `linewatch run` at start-up, exit 2, when the health server would be reachable without a token', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'linewatch-token-'));
+    try {
+      const config = writeConfig(path.join(dir, 'open.yaml'), { ...base, defaults: { model: path.join(REPO, 'models/demo') }, health: { host: '0.0.0.0' } });
+      const result = runCli(['run', '--config', config]);
+      expect(result.code, result.output).toBe(2);
+      expect(result.stderr).toMatch(/health\.token: health\.host 0\.0\.0\.0 exposes the API beyond this box: set health\.token \(or health\.tokenFile\) or bind 127\.0\.0\.1/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('knows loopback addresses', () => {
