@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { registerEval } from './eval.js';
+import { registerProbe } from './probe.js';
 import { registerReplay } from './replay.js';
 import { registerRun } from './run.js';
 import { registerTrain } from './train.js';
@@ -12,4 +13,5 @@ export function registerCommands(program: Command): void {
   registerTrain(program);
   registerEval(program);
   registerReplay(program);
+  registerProbe(program);
 }
