@@ -22,6 +22,7 @@ import {
   type SourceLogLevel,
   type SourceSize,
 } from '../source/index.js';
+import type { FfmpegArgsOptions } from '../source/ffmpeg-args.js';
 import { CameraState } from './camera-state.js';
 import { CameraView } from './camera-view.js';
 import { EventPictures } from './event-pictures.js';
@@ -104,7 +105,7 @@ export class CameraPipeline implements ScoringCamera {
       ioTimeoutMs: camera.socketTimeoutS * 1000,
       loop: camera.loop,
       realtime: camera.realtime,
-      hwaccel: camera.hwaccel,
+      ...decodeOptionsOf(camera),
       inputArgs: camera.inputArgs,
       outputArgs: camera.outputArgs,
       preview: wantPreview ? { fps: camera.preview.fps, maxWidth: camera.preview.width } : false,
@@ -310,4 +311,18 @@ export function describeEvent(event: AnomalyEventPayload): string {
   if (event.type === 'start') return `${time} ${event.camera}: anomaly started, score ${event.score.toFixed(2)} > ${event.threshold.toFixed(2)}${box}`;
   if (event.type === 'update') return `${time} ${event.camera}: anomaly rising, peak ${event.peakScore.toFixed(2)}${box}`;
   return `${time} ${event.camera}: anomaly ended (${event.reason}) after ${(event.durationMs / 1000).toFixed(1)} s, peak ${event.peakScore.toFixed(2)}, ${event.frames} frames`;
+}
+
+/** The camera's decoding keys as ffmpeg-args options (hardware preset, codec, decoder, threads, key frames only). */
+export function decodeOptionsOf(
+  camera: Pick<CameraConfig, 'hwaccel' | 'codec' | 'decoder' | 'decodeThreads' | 'keyframesOnly' | 'vaapiDevice'>,
+): Pick<FfmpegArgsOptions, 'hwaccel' | 'inputCodec' | 'decoder' | 'decodeThreads' | 'keyframesOnly' | 'vaapiDevice'> {
+  return {
+    hwaccel: camera.hwaccel,
+    inputCodec: camera.codec,
+    decoder: camera.decoder,
+    decodeThreads: camera.decodeThreads,
+    keyframesOnly: camera.keyframesOnly,
+    vaapiDevice: camera.vaapiDevice,
+  };
 }

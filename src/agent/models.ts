@@ -7,6 +7,7 @@ import { ApiError, type ApiRouter } from '../health/api.js';
 import type { Logger } from '../log.js';
 import { loadBundle, type LoadBundleOptions, type LoadedBundle } from '../model/bundle.js';
 import { VARIANTS, type Variant } from '../model/manifest.js';
+import type { ProviderSettings } from '../model/provider-options.js';
 import { ModelSizeError, type PreparedModel } from './camera.js';
 
 /**
@@ -25,6 +26,8 @@ export interface ModelChoice {
   variant: Variant;
   providers: string[];
   threads: number;
+  /** Per-provider settings (CUDA device, TensorRT switches); part of the choice, so a change reloads the model. */
+  providerOptions?: ProviderSettings;
 }
 
 /** What the manager needs of a camera (CameraPipeline is one). */
@@ -341,6 +344,7 @@ export class ModelManager {
       variant: choice.variant,
       providers: choice.providers,
       threads: choice.threads,
+      ...(choice.providerOptions !== undefined ? { providerOptions: choice.providerOptions } : {}),
       log: (message) => this.log.info(message),
     });
     this.loaded.add(bundle);
@@ -370,14 +374,16 @@ export class AgentStopping extends LinewatchError {
   }
 }
 
-const MODEL_KEYS = new Set(['model', 'variant', 'providers', 'threads']);
+const MODEL_KEYS = new Set(['model', 'variant', 'providers', 'threads', 'providerOptions']);
 
 export function choiceOf(camera: CameraConfig): ModelChoice {
-  return { model: camera.model, variant: camera.variant, providers: [...camera.providers], threads: camera.threads };
+  const choice: ModelChoice = { model: camera.model, variant: camera.variant, providers: [...camera.providers], threads: camera.threads };
+  if (camera.providerOptions !== undefined) choice.providerOptions = camera.providerOptions;
+  return choice;
 }
 
 function choiceKey(choice: ModelChoice): string {
-  return JSON.stringify([choice.model, choice.variant, choice.providers, choice.threads]);
+  return JSON.stringify([choice.model, choice.variant, choice.providers, choice.threads, choice.providerOptions ?? null]);
 }
 
 function describe(running: Running): ModelInfo {

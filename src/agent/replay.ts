@@ -52,7 +52,7 @@ export interface ReplayResult {
 export async function replayRecording(options: ReplayOptions): Promise<ReplayResult> {
   const { camera } = options;
   const log = options.log ?? silentLogger;
-  const bundle = await loadBundle(camera.model, { variant: camera.variant, providers: camera.providers, threads: camera.threads });
+  const bundle = await loadBundle(camera.model, { variant: camera.variant, providers: camera.providers, threads: camera.threads, providerOptions: camera.providerOptions });
   try {
     const { input } = bundle.manifest;
     const decoded = await decodeVideoFrames(options.video ?? camera.url, {

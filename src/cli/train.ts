@@ -5,6 +5,7 @@ import { LinewatchError } from '../errors.js';
 import { INPUT_NORMALISATIONS, type InputNormalisation } from '../image/normalise.js';
 import { probeVideoSize } from '../source/decode.js';
 import { describeCalibration } from '../scoring/metrics.js';
+import { INT8_SCHEMES, type Int8Scheme } from '../toolkit/quantize.js';
 import { ANOMALY_KINDS, type AnomalyKind } from '../toolkit/train/synthetic.js';
 import type { EpochInfo } from '../toolkit/train/vae.js';
 import { DEFAULT_COMPARATOR_FILTERS } from '../toolkit/train/vae-config.js';
@@ -46,6 +47,7 @@ interface TrainFlags {
   comparatorEpochs?: number;
   errorMap?: 'ssim' | 'sq' | 'comparator';
   int8: boolean;
+  int8Scheme: Int8Scheme;
   ffmpeg: string;
 }
 
@@ -102,6 +104,11 @@ export function registerTrain(program: Command): void {
     .option('--comparator-epochs <n>', 'comparator passes over the images after the VAE (default: as many as the VAE)', parseInteger)
     .addOption(new Option('--error-map <how>', 'anomaly map: comparator (learned), ssim or sq (fixed, input vs reconstruction). Default: comparator when trained, else ssim').choices(['comparator', 'ssim', 'sq']))
     .option('--no-int8', 'skip the int8 model')
+    .addOption(
+      new Option('--int8-scheme <scheme>', 'int8 activations: uint8-asymmetric (fastest on onnxruntime CPU) or int8-symmetric (zero point 0, for TensorRT)')
+        .choices([...INT8_SCHEMES])
+        .default('uint8-asymmetric'),
+    )
     .option('--ffmpeg <path>', 'ffmpeg binary', 'ffmpeg')
     .action(async (flags: TrainFlags) => {
       const fromVideo = Boolean(flags.video);
@@ -160,6 +167,7 @@ export function registerTrain(program: Command): void {
           },
           targetFpr: flags.targetFpr,
           int8: flags.int8,
+          int8Scheme: flags.int8Scheme,
           out: flags.out ?? defaultBundleDir(flags.images?.[0] ?? flags.video ?? 'model'),
           force: flags.force,
           ffmpegPath: flags.ffmpeg,

@@ -190,6 +190,37 @@ const SnapshotsSchema = z
   })
   .strict();
 
+/** Stream codecs the jetson preset has a decoder for. */
+export const VIDEO_CODECS = ['h264', 'hevc'] as const;
+
+const ProviderOptionsSchema = z
+  .object({
+    cuda: z
+      .object({
+        deviceId: z.number().int().min(0).max(63).optional().describe('GPU index for the CUDA provider (default 0).'),
+      })
+      .strict()
+      .optional(),
+    tensorrt: z
+      .object({
+        deviceId: z.number().int().min(0).max(63).optional().describe('GPU index for the TensorRT provider (default 0).'),
+        fp16: z.boolean().optional().describe('Allow fp16 kernels (trt_fp16_enable).'),
+        int8: z.boolean().optional().describe('Allow int8 kernels (trt_int8_enable); the int8 variant carries its own QDQ scales.'),
+        engineCacheDir: z
+          .string()
+          .min(1)
+          .optional()
+          .describe('Folder where built TensorRT engines are cached (trt_engine_cache_enable + trt_engine_cache_path), so a restart skips the build.'),
+        workspaceMiB: z.number().int().min(1).max(1048576).optional().describe('Most scratch memory TensorRT may use, MiB (trt_max_workspace_size).'),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict()
+  .describe(
+    'Per-provider settings. cuda.deviceId and tensorrt.deviceId reach onnxruntime-node as they are; the other TensorRT switches are applied only by an onnxruntime-node binding built with the patch in docs/jetson.md (the stock binding ignores them, and the agent logs so).',
+  );
+
 /**
  * Everything a camera can set. `defaults:` uses this schema as is; each camera
  * may override any part of it (objects merge deeply, arrays replace).
@@ -208,6 +239,7 @@ export const CameraSettingsSchema = z
       .default(['cpu'])
       .describe('Execution providers in order of preference; unavailable ones fall back to the next, cpu last.'),
     threads: z.number().int().min(1).max(64).default(1).describe('Intra-op threads of the inference session.'),
+    providerOptions: ProviderOptionsSchema.optional(),
     fps: z.number().positive().max(120).default(10).describe('Analysis rate: frames per second scored (ffmpeg drops the rest).'),
     mode: z
       .enum(CAMERA_MODES)
@@ -219,7 +251,25 @@ export const CameraSettingsSchema = z
     socketTimeoutS: z.number().positive().default(DEFAULT_IO_TIMEOUT_MS / 1000).describe('Network read timeout for ffmpeg (RTSP/HTTP), seconds.'),
     stallTimeoutS: z.number().positive().default(10).describe('Restart ffmpeg when no frame arrived for this long, seconds.'),
     backoff: BackoffSchema.prefault({}),
-    hwaccel: z.enum(HWACCELS).default('none').describe('Hardware video decoding.'),
+    hwaccel: z
+      .enum(HWACCELS)
+      .default('none')
+      .describe('Hardware video decoding: nvidia (-hwaccel cuda), vaapi (-hwaccel vaapi on vaapiDevice), jetson (the <codec>_nvv4l2dec decoder of NVIDIA\'s L4T ffmpeg, or `decoder`).'),
+    codec: z
+      .enum(VIDEO_CODECS)
+      .optional()
+      .describe('Codec of the camera stream; the jetson preset picks its decoder by it (h264_nvv4l2dec / hevc_nvv4l2dec). Default h264.'),
+    decoder: z
+      .string()
+      .regex(/^[A-Za-z0-9_]+$/, 'an ffmpeg decoder name, e.g. hevc_nvv4l2dec, h264_nvmpi, h264_cuvid')
+      .optional()
+      .describe('ffmpeg decoder for the stream (-c:v before -i), e.g. h264_nvmpi for a jetson-ffmpeg build or h264_cuvid; replaces the one the jetson preset picks.'),
+    decodeThreads: z.number().int().min(1).max(64).optional().describe('ffmpeg decoder threads (-threads before -i); 1-2 keeps many cameras from oversubscribing a small board. Default: ffmpeg decides.'),
+    keyframesOnly: z
+      .boolean()
+      .optional()
+      .describe('Decode key frames only (-skip_frame nokey): a large CPU saving when fps is at or below the camera\'s key-frame rate; events then see one frame per GOP.'),
+    vaapiDevice: z.string().min(1).optional().describe('Render node for hwaccel vaapi. Default /dev/dri/renderD128.'),
     inputArgs: z.array(z.string()).default([]).describe('Extra ffmpeg arguments placed before -i.'),
     outputArgs: z.array(z.string()).default([]).describe('Extra ffmpeg arguments placed after -i (before the raw-frame output).'),
     crop: CropSchema.optional(),

@@ -8,6 +8,7 @@ import { FrameScorer, MIN_COMPONENT_STD, type FrameScore } from '../scoring/fram
 import { allFinite } from './infer.js';
 import { MANIFEST_FILE, MODEL_IO, readManifest, VARIANTS, type Calibration, type Manifest, type Variant } from './manifest.js';
 import { OnnxModel } from './onnx.js';
+import type { ProviderSettings } from './provider-options.js';
 import type { InferenceModel } from './types.js';
 
 export interface LoadedBundle {
@@ -28,6 +29,8 @@ export interface LoadBundleOptions {
   variant?: Variant;
   providers?: string[];
   threads?: number;
+  /** Per-provider settings (CUDA device, TensorRT switches). */
+  providerOptions?: ProviderSettings;
   log?: (message: string) => void;
 }
 
@@ -49,6 +52,7 @@ export async function loadBundle(dir: string, options: LoadBundleOptions = {}): 
   const model = await OnnxModel.load(path.join(dir, modelName), {
     providers: options.providers,
     threads: options.threads,
+    ...(options.providerOptions !== undefined ? { providerOptions: options.providerOptions } : {}),
     log: options.log,
   });
   try {

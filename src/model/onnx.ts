@@ -9,6 +9,7 @@ import { ModelError } from '../errors.js';
 import { defaultLogger } from '../log.js';
 import { MODEL_IO } from './manifest.js';
 import { resolveProviders } from './providers.js';
+import { buildExecutionProviders, tensorrtOptionsIgnoredNote, type ProviderSettings } from './provider-options.js';
 import type { InferenceModel, ModelOutputs } from './types.js';
 
 const { onnx } = onnxProto;
@@ -29,6 +30,8 @@ export interface OnnxModelOptions {
   optimizedModelPath?: string;
   /** Name used in error messages for models loaded from memory. */
   name?: string;
+  /** Per-provider settings (CUDA device, TensorRT switches): see provider-options.ts. */
+  providerOptions?: ProviderSettings;
 }
 
 export interface InputShape {
@@ -40,6 +43,23 @@ export interface InputShape {
 /** Providers this onnxruntime-node build can even try on this platform. */
 function providersBuiltIn(): Set<string> {
   return new Set(ort.listSupportedBackends().map((backend) => backend.name));
+}
+
+export interface AvailableProvider {
+  /** onnxruntime's name (cpu, cuda, tensorrt, webgpu, ...). */
+  readonly name: string;
+  /** False when onnxruntime-node knows the provider but its shared libraries (e.g. CUDA, cuDNN) must be installed apart. */
+  readonly bundled: boolean;
+}
+
+/** What this onnxruntime-node build can try here, for `linewatch probe`; trying is still the only proof one starts. */
+export function availableProviders(): AvailableProvider[] {
+  return ort.listSupportedBackends().map((backend) => ({ name: backend.name, bundled: backend.bundled }));
+}
+
+/** The onnxruntime-node version, for reports. */
+export function onnxRuntimeVersion(): string {
+  return ort.env.versions.node ?? ort.env.versions.common ?? 'unknown';
 }
 
 function describeBytes(bytes: Uint8Array): string | undefined {
@@ -100,10 +120,12 @@ async function openSession(bytes: Uint8Array, label: string, options: OnnxModelO
     return false;
   });
   if (!providers.includes('cpu')) providers.push('cpu');
+  const trtNote = tensorrtOptionsIgnoredNote(buildExecutionProviders(providers, options.providerOptions));
+  if (trtNote !== undefined) log(trtNote);
 
   for (;;) {
     const sessionOptions: ort.InferenceSession.SessionOptions = {
-      executionProviders: providers,
+      executionProviders: buildExecutionProviders(providers, options.providerOptions),
       graphOptimizationLevel: 'all',
       executionMode: 'sequential',
       logSeverityLevel: 3,

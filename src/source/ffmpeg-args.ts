@@ -60,6 +60,11 @@ export interface FfmpegArgsOptions {
   vaapiDevice?: string;
   /** Codec of the stream, needed by the jetson preset to pick its decoder (default h264). */
   inputCodec?: 'h264' | 'hevc';
+  /**
+   * ffmpeg decoder for the stream (`-c:v NAME` before `-i`), for any preset: it replaces the decoder the jetson
+   * preset picks (e.g. `h264_nvmpi` for a jetson-ffmpeg build) and is added to the others (e.g. `h264_cuvid`).
+   */
+  decoder?: string;
   /** Decode key frames only (`-skip_frame nokey`): a large CPU saving when the analysis rate is at or below the GOP rate. */
   keyframesOnly?: boolean;
   /** Decoder threads; 1-2 keeps many cameras on a small board from oversubscribing it. */
@@ -129,7 +134,7 @@ export function buildFfmpegArgs(options: FfmpegArgsOptions): string[] {
   const kind = classifyInput(options.url);
   // level+info: the source resolution is only printed at info level; the level tags let failures be told apart.
   const args = ['-hide_banner', '-nostdin', '-nostats', '-loglevel', 'level+info'];
-  args.push(...hwaccelArgs(options));
+  args.push(...hwaccelArgs(options), ...decoderArgs(options));
   if (options.decodeThreads !== undefined) args.push('-threads', String(options.decodeThreads));
   if (options.keyframesOnly === true) args.push('-skip_frame', 'nokey');
   args.push(...inputKindArgs(kind, options));
@@ -172,10 +177,21 @@ function hwaccelArgs(options: FfmpegArgsOptions): string[] {
       return ['-hwaccel', 'cuda'];
     case 'vaapi':
       return ['-hwaccel', 'vaapi', '-hwaccel_device', options.vaapiDevice ?? '/dev/dri/renderD128'];
-    // NVIDIA's L4T ffmpeg exposes the Jetson NVDEC engine as a decoder, not as a -hwaccel method.
+    // NVIDIA's L4T ffmpeg exposes the Jetson NVDEC engine as a decoder per codec, not as a -hwaccel method.
     case 'jetson':
-      return ['-c:v', `${options.inputCodec ?? 'h264'}_nvv4l2dec`];
+      return ['-c:v', options.decoder ?? jetsonDecoder(options.inputCodec)];
   }
+}
+
+/** The Jetson hardware decoder of NVIDIA's L4T ffmpeg (JetPack's apt `ffmpeg`) for a stream codec. */
+export function jetsonDecoder(codec: 'h264' | 'hevc' = 'h264'): string {
+  return `${codec}_nvv4l2dec`;
+}
+
+/** `-c:v` for an explicit decoder with the presets that do not choose one themselves. */
+function decoderArgs(options: FfmpegArgsOptions): string[] {
+  if (options.decoder === undefined || options.hwaccel === 'jetson') return [];
+  return ['-c:v', options.decoder];
 }
 
 function inputKindArgs(kind: InputKind, options: FfmpegArgsOptions): string[] {
@@ -220,6 +236,12 @@ function validateArgsOptions(options: FfmpegArgsOptions): void {
     throw new UsageError(`${where}: unknown hwaccel '${options.hwaccel}'`, {
       hint: `use one of: ${HW_ACCELS.join(', ')} (or pass raw decoder flags in inputArgs)`,
     });
+  }
+  if (options.inputCodec !== undefined && options.inputCodec !== 'h264' && options.inputCodec !== 'hevc') {
+    throw new UsageError(`${where}: unknown inputCodec '${String(options.inputCodec)}'`, { hint: 'use h264 or hevc' });
+  }
+  if (options.decoder !== undefined && !/^[A-Za-z0-9_]+$/.test(options.decoder)) {
+    throw new UsageError(`${where}: '${options.decoder}' is not an ffmpeg decoder name`, { hint: 'e.g. hevc_nvv4l2dec, h264_nvmpi, h264_cuvid (ffmpeg -decoders lists them)' });
   }
   if (options.rtspTransport !== undefined && options.rtspTransport !== 'tcp' && options.rtspTransport !== 'udp') {
     throw new UsageError(`${where}: unknown rtspTransport '${String(options.rtspTransport)}'`, { hint: 'use tcp or udp' });

@@ -8,6 +8,9 @@
  * QLinearSigmoid, and moves uint8 through Reshape, Flatten and DepthToSpace
  * (each nearest-upsample + conv of the decoder is first rewritten as an
  * equivalent conv + DepthToSpace). The graph keeps its float32 input and outputs.
+ * The `int8-symmetric` scheme writes int8 activations with zero point 0 instead (what TensorRT's
+ * explicit quantization accepts); onnxruntime's CPU provider then cannot fold ReLUs into its int8
+ * kernels and runs it slower than fp32 (docs/benchmarks/int8-schemes.md).
  */
 import onnxProto from 'onnx-proto';
 import { ModelError, UsageError } from '../errors.js';
@@ -19,11 +22,25 @@ type INode = onnxProto.onnx.INodeProto;
 type ITensor = onnxProto.onnx.ITensorProto;
 const DataType = onnx.TensorProto.DataType;
 
+/**
+ * How activations are quantized.
+ * - `uint8-asymmetric` (default): uint8 with a zero point fitted to each range, the full 8 bits for
+ *   one-sided tensors such as ReLU outputs.
+ * - `int8-symmetric`: int8 with zero point 0 on every QuantizeLinear/DequantizeLinear, weights per
+ *   output channel (7 bits, see `perChannel`): the explicit-quantization form TensorRT accepts.
+ *   One-sided tensors then use 7 of the 8 bits.
+ */
+export const INT8_SCHEMES = ['uint8-asymmetric', 'int8-symmetric'] as const;
+export type Int8Scheme = (typeof INT8_SCHEMES)[number];
+
 export interface QuantizeOptions {
+  /** Activation quantization scheme. Default 'uint8-asymmetric'. */
+  scheme?: Int8Scheme;
   /**
    * One weight scale per output channel. Such weights are kept to 7 bits: with
    * full 8-bit per-channel weights, the u8 x s8 products of AVX2 kernels
-   * (vpmaddubsw) saturate int16 and scores drift. Default false (per-tensor, 8 bits).
+   * (vpmaddubsw) saturate int16 and scores drift. Default false (per-tensor, 8 bits);
+   * true for the 'int8-symmetric' scheme.
    */
   perChannel?: boolean;
   /**
@@ -36,6 +53,11 @@ export interface QuantizeOptions {
    * quantizing; onnxruntime's uint8 Resize is slow. Default true.
    */
   foldUpsample?: boolean;
+  /**
+   * Leave biases float instead of int32 behind a DequantizeLinear. TensorRT quantizes only int8
+   * Q/DQ and folds float biases itself; onnxruntime's CPU provider fuses Conv with either. Default false.
+   */
+  floatBias?: boolean;
   /** Calibration images per onnxruntime run. Default 16. */
   batchSize?: number;
   log?: (message: string) => void;
@@ -89,6 +111,13 @@ export function activationParams(min: number, max: number): QuantParams {
   const scale = (hi - lo) / UINT8_MAX;
   const zeroPoint = Math.min(UINT8_MAX, Math.max(0, Math.round(-lo / scale)));
   return { scale, zeroPoint };
+}
+
+/** int8 symmetric parameters (zero point 0) covering [min, max]. */
+export function symmetricActivationParams(min: number, max: number): QuantParams {
+  const maxAbs = Math.max(Math.abs(min), Math.abs(max));
+  if (!(maxAbs > 0) || !Number.isFinite(maxAbs)) return { scale: 1, zeroPoint: 0 };
+  return { scale: maxAbs / INT8_MAX, zeroPoint: 0 };
 }
 
 function scalarFloat(name: string, value: number): ITensor {
@@ -440,7 +469,12 @@ function tensorsToQuantize(
 /** Quantize a float32 VAE to static int8 QDQ, calibrated on `calibration` (each one NCHW image in [0,1]). */
 export async function quantizeInt8(fp32: Uint8Array, calibration: Float32Array[], options: QuantizeOptions = {}): Promise<Uint8Array> {
   const log = options.log ?? (() => {});
-  const perChannel = options.perChannel ?? false;
+  const scheme = options.scheme ?? 'uint8-asymmetric';
+  if (!INT8_SCHEMES.includes(scheme)) {
+    throw new UsageError(`unknown int8 scheme "${scheme}"`, { hint: `use one of: ${INT8_SCHEMES.join(', ')}` });
+  }
+  const symmetric = scheme === 'int8-symmetric';
+  const perChannel = options.perChannel ?? symmetric;
   const range = options.range ?? 'minmax';
   const batchSize = options.batchSize ?? 16;
   const model = decodeModel(fp32);
@@ -504,7 +538,7 @@ export async function quantizeInt8(fp32: Uint8Array, calibration: Float32Array[]
     });
   }
   const params = new Map<string, QuantParams>();
-  const unit = { scale: 1 / UINT8_MAX, zeroPoint: 0 };
+  const unit = { scale: 1 / (symmetric ? INT8_MAX : UINT8_MAX), zeroPoint: 0 };
   const resolve = (name: string): QuantParams => {
     const known = params.get(name);
     if (known) return known;
@@ -514,7 +548,7 @@ export async function quantizeInt8(fp32: Uint8Array, calibration: Float32Array[]
     else {
       const observer = observers.get(name)!;
       const [lo, hi] = typeof range === 'object' ? observer.percentileRange(range.percentile) : [observer.min, observer.max];
-      result = activationParams(lo, hi);
+      result = symmetric ? symmetricActivationParams(lo, hi) : activationParams(lo, hi);
     }
     params.set(name, result);
     return result;
@@ -528,7 +562,7 @@ export async function quantizeInt8(fp32: Uint8Array, calibration: Float32Array[]
   const qdqPair = (tensor: string, source: string, output: string): INode[] => {
     const p = params.get(tensor)!;
     newInitializers.push(scalarFloat(`${tensor}_scale`, p.scale));
-    newInitializers.push({ name: `${tensor}_zero_point`, dims: [], dataType: DataType.UINT8, int32Data: [p.zeroPoint] });
+    newInitializers.push({ name: `${tensor}_zero_point`, dims: [], dataType: symmetric ? DataType.INT8 : DataType.UINT8, int32Data: [p.zeroPoint] });
     return [
       { opType: 'QuantizeLinear', name: `${tensor}_QuantizeLinear`, input: [source, `${tensor}_scale`, `${tensor}_zero_point`], output: [`${tensor}_quantized`] },
       { opType: 'DequantizeLinear', name: `${tensor}_DequantizeLinear`, input: [`${tensor}_quantized`, `${tensor}_scale`, `${tensor}_zero_point`], output: [output] },
@@ -601,7 +635,7 @@ export async function quantizeInt8(fp32: Uint8Array, calibration: Float32Array[]
       weightCount++;
     }
     const bias = biasName ? initializers.get(biasName) : undefined;
-    if (bias && bias.dataType === DataType.FLOAT) {
+    if (bias && bias.dataType === DataType.FLOAT && !options.floatBias) {
       const values = floatValues(bias);
       const biasScales = Array.from(values, (_, i) => inputParams.scale * scales![scales!.length === 1 ? 0 : i]!);
       const quantized = Int32Array.from(values, (v, i) => Math.round(v / biasScales[i]!));
@@ -635,7 +669,9 @@ export async function quantizeInt8(fp32: Uint8Array, calibration: Float32Array[]
       key: 'linewatch.quantization',
       value: JSON.stringify({
         format: 'qdq-static',
-        activations: 'uint8 asymmetric',
+        scheme,
+        activations: symmetric ? 'int8 symmetric' : 'uint8 asymmetric',
+        biases: options.floatBias ? 'float32' : 'int32',
         weights: perChannel ? 'int8 symmetric per-channel (7-bit)' : 'int8 symmetric per-tensor',
         range: typeof range === 'object' ? `percentile ${range.percentile}` : 'minmax',
         calibrationImages: calibration.length,

@@ -15,3 +15,14 @@ export function texture(width: number, height: number, channels: 1 | 3 = 1, seed
   }
   return image;
 }
+
+/** `count` images of `pixels` values uniform in [0, 1), from a seeded linear congruential generator. */
+export function uniformNoise(count: number, pixels: number, seed: number): Float32Array[] {
+  let state = seed;
+  return Array.from({ length: count }, () =>
+    Float32Array.from({ length: pixels }, () => {
+      state = (state * 1103515245 + 12345) % 2 ** 31;
+      return state / 2 ** 31;
+    }),
+  );
+}

@@ -16,6 +16,7 @@ import { loadBundle } from '../../src/model/bundle.js';
 import { readManifest } from '../../src/model/manifest.js';
 import { DEFAULT_VAE_CONFIG, trainVae } from '../../src/toolkit/train/vae.js';
 import { buildVaeGraph, randomVaeWeights } from '../helpers/vae-graph.js';
+import { uniformNoise } from '../helpers/images.js';
 
 const { onnx } = onnxProto;
 const TILES = '../shared/data/magnetic-tile/MT_Free/Imgs';
@@ -68,13 +69,7 @@ function meanAbsDiff(a: readonly Float32Array[], b: readonly Float32Array[]): nu
 }
 
 function noiseImages(count: number, seed: number): Float32Array[] {
-  let state = seed;
-  return Array.from({ length: count }, () =>
-    Float32Array.from({ length: PIXELS }, () => {
-      state = (state * 1103515245 + 12345) % 2 ** 31;
-      return state / 2 ** 31;
-    }),
-  );
+  return uniformNoise(count, PIXELS, seed);
 }
 
 function opTypes(bytes: Uint8Array): string[] {

@@ -16,7 +16,7 @@ import {
   type ScoringSettings,
 } from '../../model/manifest.js';
 import { OnnxModel } from '../../model/onnx.js';
-import { foldUpsampleModel, quantizeInt8 } from '../quantize.js';
+import { foldUpsampleModel, quantizeInt8, type Int8Scheme } from '../quantize.js';
 import { combineComponents, componentStats, FrameScorer } from '../../scoring/frame.js';
 import { calibrate, describeCalibration } from '../../scoring/metrics.js';
 import { decodeVideoFrames } from '../../source/decode.js';
@@ -65,6 +65,8 @@ export interface TrainBundleOptions {
   /** Also calibrate on held-out images moved by this many pixels (scenes where objects are put back slightly off). */
   calibrationShift?: number;
   int8: boolean;
+  /** Activation quantization of the int8 model (see quantize.ts); default 'uint8-asymmetric'. */
+  int8Scheme?: Int8Scheme;
   out: string;
   force: boolean;
   ffmpegPath?: string;
@@ -170,7 +172,7 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
     const calibrationInputs = anomalies
       ? calibrationImages.map((image, i) => (i % 2 === 1 ? anomalies.corrupt(image).image : image).data)
       : calibrationImages.map((image) => image.data);
-    const int8Bytes = await quantizeInt8(fp32Bytes, calibrationInputs);
+    const int8Bytes = await quantizeInt8(fp32Bytes, calibrationInputs, { scheme: options.int8Scheme });
     const int8 = await scoreVariant(int8Bytes, training, heldOut, calibrationShift, scoring, config.latentDim, options.targetFpr, scoring, floorAtTrainingMax);
     files['model.int8.onnx'] = int8Bytes;
     files['memory.int8.f32'] = new Uint8Array(int8.memory.buffer);
