@@ -359,6 +359,6 @@ export class App {
 
   private syncMqttMetrics(): void {
     const counters = this.publisher?.metrics();
-    if (counters) this.metrics.mqtt(counters.connected, counters.outboxSize, counters);
+    if (counters) this.metrics.mqtt(counters);
   }
 }

@@ -1,5 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { AnomalyEventType, CameraState } from '../publish/payloads.js';
+import type { AnomalyEventType, CameraState, MqttCounters } from '../publish/payloads.js';
 
 /**
  * The agent's Prometheus metrics. They live in their own Registry, not prom-client's
@@ -146,11 +146,11 @@ export class AgentMetrics {
   }
 
   /** `counters.dropped` is the publisher's running total (MqttPublisher.metrics()), not a delta. */
-  mqtt(connected: boolean, outboxSize: number, counters?: { dropped?: number; durable?: boolean }): void {
-    this.#mqttConnected.set(connected ? 1 : 0);
-    this.#mqttOutboxSize.set(outboxSize);
-    if (counters?.durable !== undefined) this.#mqttOutboxDurable.set(counters.durable ? 1 : 0);
-    const dropped = counters?.dropped;
+  mqtt(counters: Pick<MqttCounters, 'connected' | 'outboxSize'> & Partial<Pick<MqttCounters, 'dropped' | 'durable'>>): void {
+    this.#mqttConnected.set(counters.connected ? 1 : 0);
+    this.#mqttOutboxSize.set(counters.outboxSize);
+    if (counters.durable !== undefined) this.#mqttOutboxDurable.set(counters.durable ? 1 : 0);
+    const dropped = counters.dropped;
     if (dropped !== undefined && Number.isFinite(dropped)) {
       // A smaller total is a new publisher counting from 0 again: all of it is new.
       const added = dropped >= this.#mqttDroppedSeen ? dropped - this.#mqttDroppedSeen : dropped;

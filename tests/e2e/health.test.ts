@@ -78,7 +78,7 @@ describe('AgentMetrics', () => {
     metrics.eventMessage('cam1', 'start');
     metrics.eventMessage('cam1', 'update');
     metrics.eventMessage('cam1', 'update');
-    metrics.mqtt(true, 4);
+    metrics.mqtt({ connected: true, outboxSize: 4 });
     const text = await metrics.render();
     expect(text).toContain('linewatch_frames_in_total{camera="cam1"} 3');
     expect(text).toContain('linewatch_frames_in_total{camera="idle"} 0');
@@ -197,7 +197,7 @@ describe('health server', () => {
 
   it('serves Prometheus text on /metrics', async () => {
     metrics.frameIn('cam1');
-    metrics.mqtt(false, 7);
+    metrics.mqtt({ connected: false, outboxSize: 7 });
     const reply = await get(server, '/metrics');
     expect(reply.status).toBe(200);
     expect(reply.headers['content-type']).toMatch(/^text\/plain; version=0\.0\.4/);

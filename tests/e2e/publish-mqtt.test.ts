@@ -295,7 +295,7 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
     const metrics = new AgentMetrics({ processMetrics: false });
     const sync = () => {
       const counters = publisher.metrics();
-      metrics.mqtt(counters.connected, counters.outboxSize, counters);
+      metrics.mqtt(counters);
     };
     sync();
     expect(await metrics.render()).toMatch(/^linewatch_mqtt_events_dropped_total 0$/m);
