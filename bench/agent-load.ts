@@ -22,7 +22,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { freePort, waitForListener } from './net.js';
+import { freePort, spawnAgent, waitForListener } from './net.js';
 
 // ---------------------------------------------------------------- settings
 
@@ -472,33 +472,22 @@ async function run(settings: BenchSettings) {
     const subscription = await subscribe(broker.url);
     cleanups.unshift(() => subscription.close());
 
-    const logFile = path.join(workDir, 'agent.log');
-    const logFd = openSync(logFile, 'w');
     const nodeFlags = settings.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', settings.cpuProfDir] : [];
     if (settings.cpuProfDir) await mkdir(settings.cpuProfDir, { recursive: true });
-    const launcher = path.resolve('bin/linewatch.js');
     const launchedAt = Date.now();
-    const agent = spawn(process.execPath, [...nodeFlags, launcher, 'run', '--config', configFile], { stdio: ['ignore', logFd, logFd] });
-    closeSync(logFd);
-    const agentExit = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
-      agent.once('exit', (code, signal) => resolve({ code, signal, at: Date.now() })),
-    );
-    let agentGone = false;
-    void agentExit.then(() => (agentGone = true));
-    cleanups.unshift(async () => {
-      if (!agentGone) {
-        agent.kill('SIGKILL');
-        await agentExit;
-      }
-    });
-    const agentLogTail = () => readFileSync(logFile, 'utf8').split('\n').slice(-30).join('\n');
+    const logFile = path.join(workDir, 'agent.log');
+    const launched = spawnAgent(configFile, logFile, nodeFlags);
+    cleanups.unshift(() => launched.kill());
+    const agent = launched.process;
+    const agentExit = launched.exited;
+    const agentLogTail = launched.logTail;
     const pid = agent.pid!;
     const names = cameraNames(settings.cameras);
 
     // Streaming on every camera: each has delivered a frame and been scored at least once.
     const startDeadline = Date.now() + 90_000;
     for (;;) {
-      if (agentGone) throw new Error(`the agent exited during start-up:\n${agentLogTail()}`);
+      if (launched.gone()) throw new Error(`the agent exited during start-up:\n${agentLogTail()}`);
       const frames = (await fetchAgentMetrics(healthUrl))?.frames;
       if (frames && names.every((name) => (frames[name]?.scored ?? 0) > 0)) break;
       if (Date.now() > startDeadline) throw new Error(`not every camera was scoring 90 s after start:\n${agentLogTail()}`);
@@ -538,7 +527,7 @@ async function run(settings: BenchSettings) {
     };
     let nextReport = 60;
     for (let tick = 0; ; tick++) {
-      if (agentGone) throw new Error(`the agent exited during the run:\n${agentLogTail()}`);
+      if (launched.gone()) throw new Error(`the agent exited during the run:\n${agentLogTail()}`);
       const sample = await takeSample();
       if (sample.t >= nextReport) {
         nextReport += 60;

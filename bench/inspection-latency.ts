@@ -18,7 +18,7 @@
  * Writes the JSON to --out and a markdown summary next to it (same name, .md).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,7 +26,7 @@ import { parseArgs } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
-import { freePort, waitForListener } from './net.js';
+import { freePort, spawnAgent, waitForListener } from './net.js';
 
 const DEVICE_ID = 'bench';
 const CAMERA = 'station-1';
@@ -287,25 +287,16 @@ async function run(settings: Settings) {
     const waiter = new ReplyWaiter(client);
     await client.subscribeAsync(`${BASE}/${CAMERA}/inspections`, { qos: 1 });
 
-    const logFile = path.join(workDir, 'agent.log');
-    const logFd = openSync(logFile, 'w');
-    const agent = spawn(process.execPath, [path.resolve('bin/linewatch.js'), 'run', '--config', configFile], { stdio: ['ignore', logFd, logFd] });
-    closeSync(logFd);
-    const exited = new Promise<number | null>((resolve) => agent.once('exit', (code) => resolve(code)));
-    let agentGone = false;
-    void exited.then(() => (agentGone = true));
-    cleanups.unshift(async () => {
-      if (!agentGone) {
-        agent.kill('SIGKILL');
-        await exited;
-      }
-    });
-    const logTail = () => readFileSync(logFile, 'utf8').split('\n').slice(-30).join('\n');
+    const launched = spawnAgent(configFile, path.join(workDir, 'agent.log'));
+    cleanups.unshift(() => launched.kill());
+    const agent = launched.process;
+    const exited = launched.exited.then(({ code }) => code);
+    const logTail = launched.logTail;
 
     // Streaming: the first inspection that comes back with a result.
     const deadline = Date.now() + 90_000;
     for (let attempt = 0; ; attempt++) {
-      if (agentGone) throw new Error(`the agent exited during start-up:\n${logTail()}`);
+      if (launched.gone()) throw new Error(`the agent exited during start-up:\n${logTail()}`);
       const id = `ready-${attempt}`;
       const reply = waiter.next(id).catch(() => undefined);
       client.publish(`${BASE}/${CAMERA}/inspect`, JSON.stringify({ id }), { qos: 0 });

@@ -1,4 +1,7 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
+import path from 'node:path';
 
 /** A TCP port on 127.0.0.1 that was free a moment ago (for brokers and servers started by tests and benchmarks). */
 export async function freePort(): Promise<number> {
@@ -29,4 +32,41 @@ export async function waitForListener(port: number, timeoutMs: number, what = 'a
     if (Date.now() > deadline) throw new Error(`${what} did not listen on 127.0.0.1:${port} within ${timeoutMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+/** `linewatch run` started by a benchmark, its output in a log file. */
+export interface BenchAgent {
+  readonly process: ChildProcess;
+  /** Resolves when it exited, with how and when (ms since the epoch). */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
+  /** Whether it has exited. */
+  gone(): boolean;
+  /** The last 30 lines of its log, for error messages. */
+  logTail(): string;
+  /** SIGKILL unless already gone, then wait for the exit (a benchmark's cleanup). */
+  kill(): Promise<void>;
+}
+
+export function spawnAgent(configFile: string, logFile: string, nodeFlags: string[] = []): BenchAgent {
+  const logFd = openSync(logFile, 'w');
+  const child = spawn(process.execPath, [...nodeFlags, path.resolve('bin/linewatch.js'), 'run', '--config', configFile], { stdio: ['ignore', logFd, logFd] });
+  closeSync(logFd);
+  let gone = false;
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
+    child.once('exit', (code, signal) => {
+      gone = true;
+      resolve({ code, signal, at: Date.now() });
+    }),
+  );
+  return {
+    process: child,
+    exited,
+    gone: () => gone,
+    logTail: () => readFileSync(logFile, 'utf8').split('\n').slice(-30).join('\n'),
+    kill: async () => {
+      if (gone) return;
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
 }
