@@ -4,6 +4,7 @@ import { Command, Option } from 'commander';
 import { resolveImageList } from '../image/load.js';
 import { loadBundle } from '../model/bundle.js';
 import { readManifest, VARIANTS, type Variant } from '../model/manifest.js';
+import { DEFAULT_EVAL_BATCH } from '../toolkit/eval/defaults.js';
 import { parseInteger } from './options.js';
 
 interface EvalFlags {
@@ -31,7 +32,7 @@ export function registerEval(program: Command): void {
     .addOption(new Option('--variant <name>', 'model variant to evaluate (default: int8 where the bundle has it)').choices([...VARIANTS]))
     .option('--json <file>', 'write the figures and per-image scores as JSON')
     .option('--report <dir>', 'write roc.png, heatmaps.png and index.html to this folder')
-    .option('--batch <n>', 'images per model run', parseInteger, 16)
+    .option('--batch <n>', 'images per model run', parseInteger, DEFAULT_EVAL_BATCH)
     .option('--threads <n>', 'onnxruntime intra-op threads', parseInteger)
     .action(async (flags: EvalFlags) => {
       // The toolkit loads only when the command runs, not with every `linewatch` invocation.

@@ -7,6 +7,7 @@ import type { LoadedBundle } from '../../model/bundle.js';
 import type { Variant } from '../../model/manifest.js';
 import { combineComponents } from '../../scoring/frame.js';
 import { aupro, AUPRO_MAX_FPR, auroc, confusionAt, pixelAuroc } from '../../scoring/metrics.js';
+import { DEFAULT_EVAL_BATCH } from './defaults.js';
 
 /** What `evaluate` needs of a loaded bundle (the benchmark may pass its own). */
 export type EvaluableBundle = Pick<LoadedBundle, 'dir' | 'manifest' | 'variant' | 'model' | 'calibration' | 'scorer'>;
@@ -71,8 +72,6 @@ export interface EvalSummary {
 export interface EvalResult extends EvalSummary {
   images: ImageResult[];
 }
-
-export const DEFAULT_EVAL_BATCH = 16;
 
 interface Entry {
   path: string;
@@ -290,3 +289,5 @@ export function formatSummary(summary: EvalSummary): string {
   for (const warning of summary.warnings) lines.push(`warning: ${warning}`);
   return lines.join('\n');
 }
+
+export { DEFAULT_EVAL_BATCH };
