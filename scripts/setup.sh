@@ -11,9 +11,11 @@ packages=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
   # used by the tests: ps/pgrep (no orphaned ffmpeg), openssl (TLS broker certificates),
   # systemd-notify and systemd-analyze (the service's readiness and unit checks; systemd is not started)
-  procps openssl systemd
+  procps openssl systemd strace
   # libfaketime: tests/faults/clock-step.test.ts steps the agent's wall clock back as NTP would
   faketime
+  # Jinja2, which Home Assistant's templates build on: the tests render the discovery templates with it
+  python3-jinja2
   # headless Chromium for tests/e2e/page-browser.test.ts (driven by playwright-core, which downloads no browser)
   chromium
 )

@@ -183,7 +183,8 @@ export class App {
     if (config.mqtt.url) {
       this.brokerUrl = config.mqtt.url;
     } else {
-      this.broker = await startEmbeddedBroker(config.mqtt.embeddedBroker);
+      // Only the agent (with the broker's per-start credentials below) may use its client id there.
+      this.broker = await startEmbeddedBroker({ ...config.mqtt.embeddedBroker, agentClientId: config.mqtt.clientId });
       this.brokerUrl = this.broker.url;
       log.info(`no mqtt.url configured: embedded MQTT broker listening on ${this.broker.url}`);
     }
@@ -192,8 +193,8 @@ export class App {
       deviceId: config.deviceId,
       baseTopic: config.mqtt.baseTopic,
       clientId: config.mqtt.clientId,
-      username: config.mqtt.username,
-      password: config.mqtt.password,
+      username: this.broker?.agentCredentials.username ?? config.mqtt.username,
+      password: this.broker?.agentCredentials.password ?? config.mqtt.password,
       protocolVersion: config.mqtt.protocolVersion,
       tls: config.mqtt.tls,
       keepaliveSec: config.mqtt.keepaliveS,

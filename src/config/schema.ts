@@ -355,7 +355,7 @@ export const MqttSchema = z
       .describe('Broker URL (mqtt://, mqtts://, ws://, wss://). Unset: the agent runs an embedded broker (see embeddedBroker).'),
     embeddedBroker: z
       .object({
-        host: z.string().min(1).default('127.0.0.1'),
+        host: z.string().min(1).default('127.0.0.1').refine(isLoopbackHost, 'the embedded broker listens on this machine only: use 127.0.0.1 or ::1, or set mqtt.url to a real broker'),
         port: z.number().int().min(1).max(65535).default(1883),
       })
       .strict()

@@ -1,12 +1,20 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
-import { Aedes } from 'aedes';
+import { Aedes, type AuthenticateError, type Client } from 'aedes';
 import { LinewatchError, UsageError } from '../errors.js';
+import { isLoopbackHost } from '../health/api.js';
 
 export interface EmbeddedBrokerOptions {
-  /** Default 127.0.0.1: the demo broker is for this machine only. */
+  /** Default 127.0.0.1. A loopback address only (127.x.x.x, ::1, localhost): the demo broker has no access control. */
   host?: string;
   /** Default 1883; 0 picks a free port. */
   port?: number;
+  /**
+   * The agent's own MQTT client id. Only a client presenting `agentCredentials` may connect
+   * with it: anyone else gets CONNACK "identifier rejected" instead of taking the agent's session
+   * over (MQTT drops the older of two connections with the same client id).
+   */
+  agentClientId?: string;
 }
 
 export interface EmbeddedBroker {
@@ -14,6 +22,8 @@ export interface EmbeddedBroker {
   readonly url: string;
   readonly host: string;
   readonly port: number;
+  /** Random per start; the agent connects with these so that its client id stays its own. */
+  readonly agentCredentials: { readonly username: string; readonly password: string };
   close(): Promise<void>;
 }
 
@@ -27,7 +37,26 @@ export const EMBEDDED_BROKER_DEFAULTS = { host: '127.0.0.1', port: 1883 } as con
 export async function startEmbeddedBroker(options: EmbeddedBrokerOptions = {}): Promise<EmbeddedBroker> {
   const host = options.host ?? EMBEDDED_BROKER_DEFAULTS.host;
   const requestedPort = options.port ?? EMBEDDED_BROKER_DEFAULTS.port;
-  const aedes = await Aedes.createBroker();
+  if (!isLoopbackHost(host)) {
+    throw new UsageError(`the embedded MQTT broker listens on this machine only, not on ${host}`, {
+      hint:
+        'set mqtt.embeddedBroker.host to 127.0.0.1 (or ::1); for clients on other machines run a real broker ' +
+        '(mosquitto, with passwords and TLS) and set mqtt.url to it',
+    });
+  }
+  const agentCredentials = {
+    username: options.agentClientId ?? 'linewatch',
+    password: randomBytes(24).toString('base64url'),
+  };
+  const aedes = await Aedes.createBroker({
+    authenticate: (client, username, password, done) => {
+      if (options.agentClientId === undefined || client.id !== options.agentClientId) return done(null, true);
+      if (username === agentCredentials.username && password && sameSecret(password, agentCredentials.password)) {
+        return done(null, true);
+      }
+      done(identifierRejected(client), false);
+    },
+  });
   const sockets = new Set<Socket>();
   const server = createServer((socket) => {
     sockets.add(socket);
@@ -49,6 +78,7 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions = {}): 
     url: `mqtt://${host.includes(':') ? `[${host}]` : host}:${port}`,
     host,
     port,
+    agentCredentials,
     close: () =>
       (closed ??= (async () => {
         const serverClosed = new Promise<void>((resolve) => server.close(() => resolve()));
@@ -58,6 +88,16 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions = {}): 
         await serverClosed;
       })()),
   };
+}
+
+function sameSecret(given: Buffer, expected: string): boolean {
+  const wanted = Buffer.from(expected, 'utf8');
+  return given.length === wanted.length && timingSafeEqual(given, wanted);
+}
+
+/** CONNACK return code 2: the client id is the agent's, and the client is not the agent. */
+function identifierRejected(client: Client): AuthenticateError {
+  return Object.assign(new Error(`client id ${client.id} is reserved for the linewatch agent`), { returnCode: 2 as const });
 }
 
 function listen(server: Server, host: string, port: number): Promise<void> {
@@ -93,7 +133,7 @@ function listenError(error: NodeJS.ErrnoException, host: string, port: number): 
   }
   if (error.code === 'EADDRNOTAVAIL') {
     return new UsageError(`cannot start the embedded MQTT broker: ${host} is not an address of this machine`, {
-      hint: 'set mqtt.embeddedBroker.host to 127.0.0.1 (this machine only) or 0.0.0.0 (all interfaces)',
+      hint: 'set mqtt.embeddedBroker.host to 127.0.0.1 (or ::1 where IPv6 is enabled)',
       cause: error,
     });
   }
