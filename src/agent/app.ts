@@ -15,7 +15,7 @@ import { SnapshotStore } from '../publish/snapshot.js';
 import { sparkplugNodeFromConfig } from '../publish/sparkplug.js';
 import { LINEWATCH_VERSION } from '../version.js';
 import { addInspectRoute, addReadApiRoutes } from './api-routes.js';
-import { CameraPipeline, describeEvent } from './camera.js';
+import { CameraPipeline, describeEvent, describeFault } from './camera.js';
 import { Controller } from './controller.js';
 import { EventHistory } from './event-history.js';
 import { fanOut, type EventSink } from './event-sink.js';
@@ -343,6 +343,7 @@ export class App {
           event: (payload) => publisher.publishEvent(payload),
           cameraStatus: (camera, status) => publisher.publishCameraStatus(camera, status),
           inspection: (payload) => publisher.publishDurable(publisher.topics.inspections(payload.camera), JSON.stringify(payload)),
+          fault: (message) => publisher.publishFault(message),
           // Every camera's scores reach the sinks (Sparkplug needs them); only those with scorePublish go to <base>/<camera>/score.
           score: (camera, payload) => {
             if (scoreTopicCameras.has(camera)) publisher.publishScore(camera, payload);
@@ -351,7 +352,7 @@ export class App {
         { event: (payload) => this.metrics.eventMessage(payload.camera, payload.type) },
         { inspection: (payload) => this.metrics.inspection(payload.camera, 'error' in payload ? payload.error : payload.result) },
         recent,
-        { event: (payload) => this.announce(describeEvent(payload)) },
+        { event: (payload) => this.announce(describeEvent(payload)), fault: (message) => this.announce(describeFault(message)) },
         ...this.integrationSinks,
       ],
       (error) => this.log.error(`delivering an event message failed: ${(error as Error).stack ?? String(error)}`),

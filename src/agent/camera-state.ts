@@ -3,6 +3,7 @@ import type { CameraSnapshot } from '../health/agent-snapshot.js';
 import type { AgentMetrics } from '../health/metrics.js';
 import type { Logger } from '../log.js';
 import type { CameraStats, CameraStatusPayload } from '../publish/payloads.js';
+import type { ActiveFault, FaultMessage } from '../scoring/faults.js';
 import type { CameraStatusChange, CameraCounters } from '../source/index.js';
 
 /** One line per this many milliseconds at most while frames keep failing: a broken model must not flood the journal. */
@@ -35,7 +36,7 @@ export class CameraState {
     private thresholdValue: number,
     private readonly deps: { metrics: AgentMetrics; log: Logger; clock: Clock; sourceStats: () => CameraCounters },
   ) {
-    this.status = { state: 'offline', reason: 'not started', since: new Date(deps.clock.now()).toISOString(), fps: 0, restarts: 0, framesDropped: 0, lastFrameAt: null };
+    this.status = { state: 'offline', reason: 'not started', since: new Date(deps.clock.now()).toISOString(), fps: 0, restarts: 0, framesDropped: 0, lastFrameAt: null, faults: [] };
     deps.metrics.addCamera(name, thresholdValue);
   }
 
@@ -88,6 +89,22 @@ export class CameraState {
 
   eventStarted(): void {
     this.events++;
+  }
+
+  /** A fault's start or end (metrics; the status follows with faultsChanged). */
+  faultMessage(message: FaultMessage): void {
+    this.deps.metrics.faultMessage(this.name, message.kind, message.type);
+  }
+
+  /** A frame kept from the anomaly debouncer by a (possible) camera fault; `eventSuppressed`: an event would have started on it. */
+  anomalyFrameWithheld(eventSuppressed: boolean): void {
+    this.deps.metrics.anomalyWithheld(this.name, eventSuppressed);
+  }
+
+  /** Camera faults started or ended; returns the MQTT status payload to publish. */
+  faultsChanged(faults: ActiveFault[]): CameraStatusPayload {
+    this.status = { ...this.status, faults };
+    return this.current();
   }
 
   /** Applies a source status change and returns the MQTT status payload to publish. */

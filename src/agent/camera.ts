@@ -9,6 +9,8 @@ import type { LoadedBundle } from '../model/bundle.js';
 import type { AnomalyEventPayload, CameraStats } from '../publish/payloads.js';
 import type { SnapshotStore } from '../publish/snapshot.js';
 import { EventTracker, type EventMessage } from '../scoring/events.js';
+import { expectedOf, type FaultMessage } from '../scoring/faults.js';
+import type { QualitySignals } from '../scoring/quality.js';
 import type { FrameScore } from '../scoring/frame.js';
 import { rasteriseIgnoreMask } from '../scoring/mask.js';
 import { resolveThreshold } from '../scoring/threshold.js';
@@ -23,6 +25,7 @@ import {
   type SourceSize,
 } from '../source/index.js';
 import type { FfmpegArgsOptions } from '../source/ffmpeg-args.js';
+import { CameraFaults } from './camera-faults.js';
 import { CameraState } from './camera-state.js';
 import { CameraView } from './camera-view.js';
 import { EventPictures } from './event-pictures.js';
@@ -78,6 +81,9 @@ export class CameraPipeline implements ScoringCamera {
   private lastJudgedAt: { monotonicMs: number; wallMs: number } | undefined;
   private readonly state: CameraState;
   private readonly pictures: EventPictures;
+  /** The sensor-fault guard: a broken camera told from a broken part. */
+  readonly faults: CameraFaults;
+  private readonly log: Logger;
   private stopping = false;
   /** Called with every scored frame (the model's input): feedback captures add and remove themselves here. */
   readonly frameTaps = new Set<(frame: Frame) => void>();
@@ -88,6 +94,7 @@ export class CameraPipeline implements ScoringCamera {
     this.name = camera.name;
     this.sink = deps.sink;
     this.clock = deps.clock ?? systemClock;
+    this.log = log;
     const { input } = bundle.manifest;
     this.active = prepareModel(camera, bundle);
     log.info(`camera ${camera.name}: threshold ${this.threshold.toFixed(4)} (${this.active.thresholdNote}), model ${bundle.dir} (${bundle.variant})`);
@@ -117,6 +124,7 @@ export class CameraPipeline implements ScoringCamera {
       log: (level: SourceLogLevel, message: string) => log[level](message),
     });
     this.state = new CameraState(camera.name, this.threshold, { metrics: deps.metrics, log, clock: this.clock, sourceStats: () => this.source.stats() });
+    this.faults = new CameraFaults(camera, bundle, () => this.threshold, log);
     this.pictures = new EventPictures({ camera, bundle, source: this.source, snapshots: deps.snapshots, log, keep: camera.debounce.n + 1 });
     this.view = new CameraView({ source: this.source, clock: this.clock, fps: camera.fps, previews: wantPreview, crop: () => this.pictures.cropPixels() });
     this.mode = camera.mode;
@@ -188,6 +196,7 @@ export class CameraPipeline implements ScoringCamera {
     this.state.thresholdChanged(next.threshold);
     this.inspections.useThreshold(next.threshold);
     this.pictures.useBundle(next.bundle);
+    this.faults.useBundle(next.bundle, this.log);
     return ended[0]?.id ?? null;
   }
 
@@ -199,7 +208,9 @@ export class CameraPipeline implements ScoringCamera {
   async stop(): Promise<void> {
     this.stopping = true;
     await this.source.stop();
-    this.emit(this.tracker.close('shutdown', { monotonicMs: this.clock.monotonic(), wallMs: this.clock.now() }));
+    const now = { monotonicMs: this.clock.monotonic(), wallMs: this.clock.now() };
+    this.emit(this.tracker.close('shutdown', now));
+    this.emitFaults(this.faults.close('shutdown', now));
     this.inspections.close();
   }
 
@@ -224,9 +235,17 @@ export class CameraPipeline implements ScoringCamera {
     );
     // Always: integrations (Sparkplug) want scores whatever scorePublish says; the MQTT sink applies it.
     this.sink.score(this.name, { at: new Date(frame.capturedAt).toISOString(), score: result.score, threshold: this.threshold });
+    const capturedAt = { monotonicMs: frame.monotonicAt, wallMs: frame.capturedAt };
+    const verdict = this.faults.judge(frame, capturedAt);
+    this.emitFaults(verdict.messages);
     if (this.mode === 'triggered') return;
-    this.lastJudgedAt = { monotonicMs: frame.monotonicAt, wallMs: frame.capturedAt };
-    const messages = this.tracker.push(result.score, this.lastJudgedAt);
+    this.lastJudgedAt = capturedAt;
+    if (verdict.withhold) {
+      // A covered lens or a dark line says nothing about the part: no anomaly event from this frame.
+      this.state.anomalyFrameWithheld(this.faults.withheld(result.score, capturedAt));
+      return;
+    }
+    const messages = this.tracker.push(result.score, capturedAt);
     this.pictures.scored(frame, result.map, this.tracker.peak);
     this.emit(messages);
   }
@@ -243,15 +262,26 @@ export class CameraPipeline implements ScoringCamera {
 
   /** The camera as the operator page shows it. */
   snapshot(): CameraSnapshot {
-    return this.state.snapshot();
+    const signals = this.faults.signals();
+    return {
+      ...this.state.snapshot(),
+      faultChecks: {
+        enabled: this.faults.enabled,
+        rules: this.faults.limits().map((rule) => ({ kind: rule.kind, signal: rule.signal, ...expectedOf(rule), source: rule.source })),
+        signals: signals ? roundSignals(signals) : null,
+        suppressed: this.faults.suppressed(),
+      },
+    };
   }
 
   private onStatus(change: CameraStatusChange): void {
-    const status = this.state.statusChanged(change);
     if (change.status !== 'streaming') {
-      this.emit(this.tracker.close(this.stopping ? 'shutdown' : 'camera-offline', { monotonicMs: change.monotonicAt, wallMs: change.at }));
+      const at = { monotonicMs: change.monotonicAt, wallMs: change.at };
+      this.emit(this.tracker.close(this.stopping ? 'shutdown' : 'camera-offline', at));
+      // Published with the status below, which then lists no fault.
+      this.emitFaults(this.faults.close(this.stopping ? 'shutdown' : 'camera-offline', at), false);
     }
-    this.sink.cameraStatus(this.name, status);
+    this.sink.cameraStatus(this.name, this.state.statusChanged(change));
   }
 
   /**
@@ -269,6 +299,24 @@ export class CameraPipeline implements ScoringCamera {
           'scores may be off: train on this camera (linewatch train --video ...) or set a crop of the trained shape',
       );
     }
+  }
+
+  /**
+   * Fault starts and ends to the sink; a start ends an open anomaly event (reason camera-fault)
+   * when events are suppressed during faults. The status, which lists the faults, follows.
+   */
+  private emitFaults(messages: FaultMessage[], publishStatus = true): void {
+    if (messages.length === 0) return;
+    for (const message of messages) {
+      if (message.type === 'start' && this.camera.faults.suppressEvents && this.tracker.active) {
+        const at = this.lastJudgedAt ?? { monotonicMs: this.clock.monotonic(), wallMs: this.clock.now() };
+        this.emit(this.tracker.close('camera-fault', at));
+      }
+      this.state.faultMessage(message);
+      this.sink.fault?.(message);
+    }
+    const status = this.state.faultsChanged(this.faults.active());
+    if (publishStatus) this.sink.cameraStatus(this.name, status);
   }
 
   private emit(messages: EventMessage[]): void {
@@ -304,6 +352,12 @@ function prepareModel(camera: CameraConfig, bundle: LoadedBundle): PreparedModel
   };
 }
 
+function roundSignals(signals: QualitySignals): Record<keyof QualitySignals, number | null> {
+  const rounded = {} as Record<keyof QualitySignals, number | null>;
+  for (const [name, value] of Object.entries(signals) as [keyof QualitySignals, number][]) rounded[name] = Number.isFinite(value) ? Math.round(value * 1e4) / 1e4 : null;
+  return rounded;
+}
+
 /** One human line per event message (stdout of `linewatch run` and `linewatch replay`). */
 export function describeEvent(event: AnomalyEventPayload): string {
   const time = event.at.slice(11, 19);
@@ -311,6 +365,18 @@ export function describeEvent(event: AnomalyEventPayload): string {
   if (event.type === 'start') return `${time} ${event.camera}: anomaly started, score ${event.score.toFixed(2)} > ${event.threshold.toFixed(2)}${box}`;
   if (event.type === 'update') return `${time} ${event.camera}: anomaly rising, peak ${event.peakScore.toFixed(2)}${box}`;
   return `${time} ${event.camera}: anomaly ended (${event.reason}) after ${(event.durationMs / 1000).toFixed(1)} s, peak ${event.peakScore.toFixed(2)}, ${event.frames} frames`;
+}
+
+/** One human line per camera-fault message. */
+export function describeFault(fault: FaultMessage): string {
+  const time = fault.at.slice(11, 19);
+  const range = [fault.expected.min === undefined ? '' : `>= ${round3(fault.expected.min)}`, fault.expected.max === undefined ? '' : `<= ${round3(fault.expected.max)}`].filter(Boolean).join(' and ');
+  if (fault.type === 'start') return `${time} ${fault.camera}: camera fault ${fault.kind}: ${fault.signal} ${round3(fault.value)}, expected ${range}`;
+  return `${time} ${fault.camera}: camera fault ${fault.kind} ended (${fault.reason}) after ${((fault.durationMs ?? 0) / 1000).toFixed(1)} s`;
+}
+
+function round3(value: number): string {
+  return String(Math.round(value * 1000) / 1000);
 }
 
 /** The camera's decoding keys as ffmpeg-args options (hardware preset, codec, decoder, threads, key frames only). */

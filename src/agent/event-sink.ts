@@ -1,4 +1,5 @@
 import type { AnomalyEventPayload, CameraStatusPayload, InspectionReplyPayload, ScorePayload } from '../publish/payloads.js';
+import type { FaultMessage } from '../scoring/faults.js';
 
 /**
  * Where a camera's outputs go. The camera pipeline knows only this interface; the
@@ -13,6 +14,8 @@ export interface EventSink {
   score(camera: string, payload: ScorePayload): void;
   /** The one reply to an accepted inspect command (optional: `linewatch replay` takes no commands). */
   inspection?(payload: InspectionReplyPayload): void;
+  /** A camera fault's start or end (the picture is blurred, dark, covered, frozen, moved...). */
+  fault?(message: FaultMessage): void;
 }
 
 /** Every message to each sink in turn; a sink that throws does not keep the message from the others. */
@@ -31,5 +34,6 @@ export function fanOut(sinks: readonly Partial<EventSink>[], onError: (error: un
     cameraStatus: (camera, status) => each((sink) => sink.cameraStatus?.(camera, status)),
     score: (camera, payload) => each((sink) => sink.score?.(camera, payload)),
     inspection: (payload) => each((sink) => sink.inspection?.(payload)),
+    fault: (message) => each((sink) => sink.fault?.(message)),
   };
 }

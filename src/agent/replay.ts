@@ -6,6 +6,7 @@ import { systemClock } from '../clock.js';
 import { silentLogger, type Logger } from '../log.js';
 import { loadBundle } from '../model/bundle.js';
 import type { AnomalyEventPayload } from '../publish/payloads.js';
+import type { FaultMessage } from '../scoring/faults.js';
 import type { FrameScore } from '../scoring/frame.js';
 import { decodeVideoFrames } from '../source/decode.js';
 import type { CameraCounters, CameraSourceEvents, Frame, PreviewImage, SourceSize } from '../source/index.js';
@@ -21,6 +22,8 @@ export interface ReplayOptions {
   log?: Logger;
   /** Each event message as the agent would publish it. */
   onEvent?: (payload: AnomalyEventPayload) => void;
+  /** Each camera-fault message as the agent would publish it. */
+  onFault?: (message: FaultMessage) => void;
 }
 
 export interface ReplayFrame {
@@ -37,6 +40,8 @@ export interface ReplayResult {
   frames: ReplayFrame[];
   /** Every event message, in order. */
   messages: AnomalyEventPayload[];
+  /** Every camera-fault message, in order. */
+  faults: FaultMessage[];
   /** Model inference plus scoring per frame (decoding excluded), as the agent runs it: one frame per camera per round. */
   msPerFrame: number;
 }
@@ -65,6 +70,7 @@ export async function replayRecording(options: ReplayOptions): Promise<ReplayRes
     });
     const source = new RecordingSource(camera.name, decoded.map((image) => toInterleavedBytes(image)), input, camera.fps);
     const messages: AnomalyEventPayload[] = [];
+    const faults: FaultMessage[] = [];
     const frames: ReplayFrame[] = [];
     const pipeline = new CameraPipeline({
       // A triggered camera is replayed as a continuous one: replay shows what the model makes of every frame.
@@ -78,6 +84,10 @@ export async function replayRecording(options: ReplayOptions): Promise<ReplayRes
         },
         cameraStatus: () => {},
         score: () => {},
+        fault: (message) => {
+          faults.push(message);
+          options.onFault?.(message);
+        },
       },
       metrics: new AgentMetrics({ processMetrics: false }),
       snapshots: undefined,
@@ -108,7 +118,7 @@ export async function replayRecording(options: ReplayOptions): Promise<ReplayRes
     const msPerFrame = frames.length > 0 ? (performance.now() - began) / frames.length : 0;
     source.end();
     await pipeline.stop();
-    return { threshold: pipeline.threshold, fps: camera.fps, frames, messages, msPerFrame };
+    return { threshold: pipeline.threshold, fps: camera.fps, frames, messages, faults, msPerFrame };
   } finally {
     await bundle.dispose();
   }

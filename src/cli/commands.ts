@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { registerEval } from './eval.js';
 import { registerProbe } from './probe.js';
+import { registerQualityProfile } from './quality-profile.js';
 import { registerReplay } from './replay.js';
 import { registerRun } from './run.js';
 import { registerTrain } from './train.js';
@@ -11,6 +12,7 @@ export function registerCommands(program: Command): void {
   registerRun(program);
   registerValidateConfig(program);
   registerTrain(program);
+  registerQualityProfile(program);
   registerEval(program);
   registerReplay(program);
   registerProbe(program);

@@ -1,7 +1,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { describeEvent } from '../agent/camera.js';
+import { describeEvent, describeFault } from '../agent/camera.js';
 import { replayRecording, type ReplayResult } from '../agent/replay.js';
 import { configFromObject, loadConfig, resolveCameras, sourceKind, type CameraConfig } from '../config/index.js';
 import { UsageError } from '../errors.js';
@@ -41,17 +41,19 @@ export function registerReplay(program: Command): void {
         video,
         log,
         onEvent: (payload) => console.log(describeEvent(payload)),
+        onFault: (message) => console.log(describeFault(message)),
       });
       if (flags.timeline) console.log(formatTimeline(result));
       const starts = result.messages.filter((message) => message.type === 'start').length;
+      const faults = result.faults.filter((message) => message.type === 'start').length;
       console.log(
-        `${result.frames.length} frames at ${result.fps} fps scored against threshold ${result.threshold.toFixed(3)}: ${starts} event(s); ` +
+        `${result.frames.length} frames at ${result.fps} fps scored against threshold ${result.threshold.toFixed(3)}: ${starts} event(s), ${faults} camera fault(s); ` +
           `${result.msPerFrame.toFixed(2)} ms per frame for inference and scoring`,
       );
       if (flags.json) {
         await mkdir(path.dirname(path.resolve(flags.json)), { recursive: true });
         const frames = result.frames.map((frame) => ({ t: round(frame.t, 3), score: round(frame.score, 4) }));
-        await writeFile(flags.json, `${JSON.stringify({ threshold: result.threshold, fps: result.fps, frames, events: result.messages }, null, 2)}\n`);
+        await writeFile(flags.json, `${JSON.stringify({ threshold: result.threshold, fps: result.fps, frames, events: result.messages, faults: result.faults }, null, 2)}\n`);
         console.log(`wrote ${flags.json}`);
       }
     });

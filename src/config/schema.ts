@@ -190,6 +190,70 @@ const SnapshotsSchema = z
   })
   .strict();
 
+const checkSwitch = (what: string) => z.boolean().default(true).describe(`Run the ${what} check.`);
+const FaultChecksSchema = z
+  .object({
+    bright: z
+      .object({
+        enabled: checkSwitch('bright (burnt-out picture)'),
+        maxBrightness: z.number().min(0).max(255).optional().describe('Mean grey level (0-255) above which a frame is too bright. Default: learned (halfway from the brightest training frame to 255), else 230.'),
+        maxClipped: z.number().min(0).max(1).optional().describe('Share of pixels at 250 or above beyond which a frame is burnt out. Default: learned (training maximum + 0.25), else 0.3.'),
+      })
+      .strict()
+      .prefault({}),
+    covered: z
+      .object({
+        enabled: checkSwitch('covered-lens'),
+        maxFlatShare: z.number().min(0).max(1).optional().describe('Share of pixels within ±6 levels of one grey level beyond which the view counts as covered. Default: learned (halfway from the training maximum to 1), else 0.85.'),
+      })
+      .strict()
+      .prefault({}),
+    dark: z
+      .object({
+        enabled: checkSwitch('dark-picture'),
+        minBrightness: z.number().min(0).max(255).optional().describe('Mean grey level (0-255) below which a frame is too dark. Default: learned (two thirds of the darkest training frame), else 25.'),
+      })
+      .strict()
+      .prefault({}),
+    frozen: z
+      .object({
+        enabled: checkSwitch('frozen-picture'),
+        minChange: z.number().min(0).default(0.02).describe('Mean grey-level change between analysed frames below which the picture counts as frozen (a live camera\'s noise alone moves it above this).'),
+      })
+      .strict()
+      .prefault({}),
+    blur: z
+      .object({
+        enabled: checkSwitch('blur (defocus, fog)'),
+        minSharpness: z.number().min(0).optional().describe('Laplacian variance over level variance below which a frame is blurred. Default: learned (40 % of the softest training frame); without a quality profile the check is off.'),
+      })
+      .strict()
+      .prefault({}),
+    moved: z
+      .object({
+        enabled: checkSwitch('moved-camera'),
+        maxShift: z.number().gt(0).max(0.15).optional().describe('Displacement of the view against the trained scene, as a share of the frame width/height, beyond which the camera counts as moved. Default: learned (largest training shift + 2 px, at least 0.02); needs the bundle\'s scene reference.'),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+const FaultsSchema = z
+  .object({
+    enabled: z.boolean().default(true).describe('Check every analysed frame for camera faults (blur, dark, bright, covered, frozen, moved); false turns every check off.'),
+    suppressEvents: z
+      .boolean()
+      .default(true)
+      .describe('While a fault holds (and on frames that fail a check), anomaly events of this camera are held back and counted instead: a covered lens is not a defective part.'),
+    startS: z.number().positive().max(60).default(1.5).describe('A fault starts when a check failed on `share` of the frames of this many seconds (at least 3 frames).'),
+    share: z.number().gt(0).max(1).default(0.8).describe('Share of frames in startS that must fail a check.'),
+    endS: z.number().positive().max(600).default(1.5).describe('A fault ends after this many seconds of frames that pass its check (at least 3 frames).'),
+    checks: FaultChecksSchema.prefault({}),
+  })
+  .strict();
+export type FaultSettings = z.infer<typeof FaultsSchema>;
+
 /** Stream codecs the jetson preset has a decoder for. */
 export const VIDEO_CODECS = ['h264', 'hevc'] as const;
 
@@ -290,6 +354,7 @@ export const CameraSettingsSchema = z
       .describe('Polygons whose pixels never count towards the score; points are [x, y] fractions (0..1) of the full source frame, before crop.'),
     debounce: DebounceSchema.prefault({}),
     snapshots: SnapshotsSchema.prefault({}),
+    faults: FaultsSchema.prefault({}),
     scorePublish: z.boolean().optional().describe("Publish this camera's per-frame scores; unset: mqtt.scoreTopic.enabled."),
   })
   .strict();

@@ -27,6 +27,17 @@ export interface CameraSnapshot extends CameraStatusPayload {
   threshold: number | null;
   /** Frames the model could not score (inference threw or the score was non-finite). */
   scoring?: ScoringHealth;
+  /** The sensor-fault guard: its limits, the last frame's signals, what it held back. */
+  faultChecks?: FaultChecksSnapshot;
+}
+
+export interface FaultChecksSnapshot {
+  enabled: boolean;
+  rules: { kind: string; signal: string; min?: number; max?: number; source: string }[];
+  /** The last analysed frame's quality signals (null: none yet). */
+  signals: Record<string, number | null> | null;
+  /** Frames kept from the anomaly debouncer, and anomaly events that would have started on them while a fault held. */
+  suppressed: { frames: number; events: number };
 }
 
 export interface ScoringHealth {

@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AnomalyEventType, CameraState, MqttCounters } from '../publish/payloads.js';
+import { FAULT_KINDS } from '../scoring/faults.js';
 
 /**
  * The agent's Prometheus metrics. They live in their own Registry, not prom-client's
@@ -29,6 +30,10 @@ export class AgentMetrics {
   readonly #inferenceSeconds: Histogram<'camera'>;
   readonly #eventMessages: Counter<'camera' | 'type'>;
   readonly #inspections: Counter<'camera' | 'outcome'>;
+  readonly #cameraFault: Gauge<'camera' | 'kind'>;
+  readonly #cameraFaults: Counter<'camera' | 'kind'>;
+  readonly #anomalyFramesWithheld: Counter<'camera'>;
+  readonly #anomalyEventsSuppressed: Counter<'camera'>;
   readonly #mqttConnected: Gauge;
   readonly #mqttOutboxSize: Gauge;
   readonly #mqttEventsDropped: Counter;
@@ -76,6 +81,25 @@ export class AgentMetrics {
       labelNames: ['camera', 'outcome'],
       registers,
     });
+    this.#cameraFault = new Gauge({
+      name: 'linewatch_camera_fault',
+      help: '1 while the camera fault of this kind (bright, covered, dark, frozen, blur, moved) holds, else 0.',
+      labelNames: ['camera', 'kind'],
+      registers,
+    });
+    this.#cameraFaults = new Counter({ name: 'linewatch_camera_faults_total', help: 'Camera faults started, by kind.', labelNames: ['camera', 'kind'], registers });
+    this.#anomalyFramesWithheld = new Counter({
+      name: 'linewatch_anomaly_frames_withheld_total',
+      help: 'Frames kept from the anomaly debouncer because they failed a camera-fault check or a fault held (faults.suppressEvents).',
+      labelNames: ['camera'],
+      registers,
+    });
+    this.#anomalyEventsSuppressed = new Counter({
+      name: 'linewatch_anomaly_events_suppressed_total',
+      help: 'Anomaly events that would have started while a camera fault held, and were not sent.',
+      labelNames: ['camera'],
+      registers,
+    });
     this.#mqttConnected = new Gauge({ name: 'linewatch_mqtt_connected', help: '1 while connected to the MQTT broker, else 0.', registers });
     this.#mqttOutboxSize = new Gauge({ name: 'linewatch_mqtt_outbox_size', help: 'Event messages waiting for the broker to acknowledge them.', registers });
     this.#mqttEventsDropped = new Counter({
@@ -102,6 +126,12 @@ export class AgentMetrics {
     this.#framesDropped.inc({ camera }, 0);
     this.#ffmpegRestarts.inc({ camera }, 0);
     this.#cameraUp.set({ camera }, 0);
+    for (const kind of FAULT_KINDS) {
+      this.#cameraFault.set({ camera, kind }, 0);
+      this.#cameraFaults.inc({ camera, kind }, 0);
+    }
+    this.#anomalyFramesWithheld.inc({ camera }, 0);
+    this.#anomalyEventsSuppressed.inc({ camera }, 0);
     if (threshold !== undefined) this.#threshold.set({ camera }, threshold);
   }
 
@@ -138,6 +168,16 @@ export class AgentMetrics {
 
   eventMessage(camera: string, type: AnomalyEventType): void {
     this.#eventMessages.inc({ camera, type });
+  }
+
+  faultMessage(camera: string, kind: string, type: 'start' | 'end'): void {
+    this.#cameraFault.set({ camera, kind }, type === 'start' ? 1 : 0);
+    if (type === 'start') this.#cameraFaults.inc({ camera, kind });
+  }
+
+  anomalyWithheld(camera: string, eventSuppressed: boolean): void {
+    this.#anomalyFramesWithheld.inc({ camera });
+    if (eventSuppressed) this.#anomalyEventsSuppressed.inc({ camera });
   }
 
   /** The reply to an accepted inspect command: its result, or its error code. */

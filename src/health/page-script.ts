@@ -43,6 +43,10 @@ export const PAGE_SCRIPT = String.raw`
   function fmt(value) { return typeof value === 'number' && isFinite(value) ? value.toPrecision(4) : String(value); }
   function timeOf(at) { return typeof at === 'number' ? at : Date.parse(at); }
   function clock(at) { var d = new Date(timeOf(at)); return isNaN(d.getTime()) ? String(at) : d.toLocaleTimeString(); }
+  /** The server renders clock times in UTC (its page is the same for everyone): shown in this browser's time, like the rest. */
+  function localTimes() {
+    $all('time[data-clock]').forEach(function (el) { el.textContent = clock(el.getAttribute('datetime')); });
+  }
 
   // ---- the token: asked once, kept in localStorage, sent as a header, never in a URL
 
@@ -228,6 +232,7 @@ export const PAGE_SCRIPT = String.raw`
         if (key.indexOf('thumbs:') === 0 && el.getAttribute('data-api-owned') === 'true') return;
         if (byKey[key] && byKey[key].innerHTML !== el.innerHTML) el.innerHTML = byKey[key].innerHTML;
       });
+      localTimes();
       markClickableRows();
       refreshNote.textContent = 'live · figures at ' + new Date().toLocaleTimeString();
       refreshNote.classList.remove('bad');
@@ -534,6 +539,7 @@ export const PAGE_SCRIPT = String.raw`
     // Figures as fresh as the chart beside them; the server's refresh interval is for the script-less page.
     every(Math.min(refreshMs, FIGURES_MS), refreshFigures);
     $all('.card[data-camera]').forEach(setUpCard);
+    localTimes();
     markClickableRows();
     document.addEventListener('visibilitychange', function () { if (!document.hidden) refreshFigures(); });
   }

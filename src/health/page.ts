@@ -100,7 +100,10 @@ ${events.length === 0 ? '<p>No events yet.</p>' : eventTable(events)}
 
 function summary(snapshot: AgentSnapshot, options: PageOptions): string {
   const streaming = snapshot.cameras.filter((camera) => camera.state === 'streaming').length;
-  return `<div data-live="summary"><p>version ${escape(snapshot.version)} · up ${formatDuration(options.now - Date.parse(snapshot.startedAt))} · ${streaming}/${snapshot.cameras.length} cameras streaming ·
+  const faulty = snapshot.cameras.filter((camera) => (camera.faults ?? []).length > 0).length;
+  return `<div data-live="summary"><p>version ${escape(snapshot.version)} · up ${formatDuration(options.now - Date.parse(snapshot.startedAt))} · ${streaming}/${snapshot.cameras.length} cameras streaming${
+    faulty ? ` · <span class="bad">${faulty} camera${faulty === 1 ? '' : 's'} with a fault</span>` : ''
+  } ·
 MQTT <span class="${snapshot.mqtt.connected ? 'ok' : 'bad'}">${snapshot.mqtt.connected ? 'connected' : 'disconnected'}</span>${
     snapshot.mqtt.broker ? ` to ${escape(snapshot.mqtt.broker)}` : ''
   } · outbox ${snapshot.mqtt.outboxSize}${snapshot.mqtt.dropped ? ` · <span class="bad">${snapshot.mqtt.dropped} event(s) dropped</span>` : ''}${
@@ -126,15 +129,17 @@ function cameraCard(camera: CameraSnapshot, events: RecentEvent[], now: number):
   const lastFrame = camera.lastFrameAt ? `${formatDuration(now - Date.parse(camera.lastFrameAt))} ago` : 'never';
   const own = latestPerEvent(events.filter((event) => event.camera === camera.name)).slice(0, 6);
   return `<article class="card" data-camera="${name}">
-<div class="card-head"><h3>${name}</h3><span data-live="state:${name}"><span class="state ${stateClass(camera.state)}">${escape(camera.state)}</span></span></div>
+<div class="card-head"><h3>${name}</h3><span data-live="state:${name}"><span class="state ${stateClass(camera.state)}">${escape(camera.state)}</span>${
+    (camera.faults ?? []).length ? ' <span class="state bad">· camera fault</span>' : ''
+  }</span></div>
 <div class="live"><img class="live-image" alt="live view of ${name}"><span class="live-note">live view needs JavaScript and the API</span></div>
 <div class="tools" hidden><button type="button" class="heatmap-toggle" aria-pressed="false">heat map</button><span class="live-age muted"></span></div>
 <div class="chart" hidden></div>
 <div data-live="stats:${name}">
 ${camera.reason ? `<div class="reason">${escape(camera.reason)}</div>` : ''}${
     camera.scoring?.failing ? `<div class="reason bad">frames fail scoring: ${escape(camera.scoring.lastError ?? '')}</div>` : ''
-  }${scoreBar(camera.lastScore, camera.threshold)}
-<dl class="figures"><div><dt>fps</dt><dd>${camera.fps.toFixed(1)}</dd></div><div><dt>frames</dt><dd>${camera.framesIn}</dd></div><div><dt>dropped</dt><dd>${camera.framesDropped}</dd></div><div><dt>restarts</dt><dd>${camera.restarts}</dd></div><div><dt>last frame</dt><dd>${lastFrame}</dd></div><div><dt>since</dt><dd>${escape(camera.since)}</dd></div></dl>
+  }${faultLines(camera, now)}${scoreBar(camera.lastScore, camera.threshold)}
+<dl class="figures"><div><dt>fps</dt><dd>${camera.fps.toFixed(1)}</dd></div><div><dt>frames</dt><dd>${camera.framesIn}</dd></div><div><dt>dropped</dt><dd>${camera.framesDropped}</dd></div><div><dt>restarts</dt><dd>${camera.restarts}</dd></div><div><dt>last frame</dt><dd>${lastFrame}</dd></div><div><dt>since</dt><dd>${escape(camera.since)}</dd></div></dl>${pictureChecks(camera)}
 </div>
 <div class="thumbs" data-live="thumbs:${name}">${
     own.length === 0
@@ -151,6 +156,63 @@ ${camera.reason ? `<div class="reason">${escape(camera.reason)}</div>` : ''}${
   }</div>
 <div class="capture" hidden><label>frames <input type="number" class="capture-count" min="1" max="100" value="10"></label><button type="button" class="capture-button">capture normal frames</button><output class="reply capture-reply"></output></div>
 </article>`;
+}
+
+/**
+ * One line per camera fault that holds (the sensor-fault guard): what is wrong, since
+ * when, and the signal against its limit, e.g. "camera fault: covered since 14:02:11 UTC
+ * (3 min 2 s) — flatShare 1.00, expected ≤ 0.75". The time is UTC, as the page renders
+ * the same for every viewer (the script shows it in the browser's time); the full ISO time is its title.
+ */
+function faultLines(camera: CameraSnapshot, now: number): string {
+  return (camera.faults ?? [])
+    .map((fault) => {
+      const expected = expectedText(fault.expected ?? {});
+      return `<div class="fault" data-fault="${escape(String(fault.kind))}"><span class="fault-badge">camera fault: ${escape(String(fault.kind))}</span> since <time data-clock datetime="${escape(String(fault.since))}" title="${escape(String(fault.since))}">${escape(clockTime(String(fault.since)))}</time> (${formatDuration(now - Date.parse(fault.since))}) — ${escape(String(fault.signal))} ${escape(formatSignal(fault.value))}${expected ? `, expected ${escape(expected)}` : ''}</div>`;
+    })
+    .join('');
+}
+
+/**
+ * The guard's own figures: frames it kept from the anomaly debouncer and anomaly events
+ * that would have started on them while a fault held; the rules in force as the title.
+ */
+function pictureChecks(camera: CameraSnapshot): string {
+  const checks = camera.faultChecks;
+  if (!checks) return '';
+  if (!checks.enabled) return '\n<div class="reason checks">picture checks: fault checks off</div>';
+  const rules = checks.rules.map((rule) => `${rule.kind} ${rule.signal} ${expectedText(rule)} (${rule.source})`).join('; ');
+  const { frames, events } = checks.suppressed;
+  const parts = [
+    checks.rules.length === 0 ? 'no check can run' : `${checks.rules.length} check${checks.rules.length === 1 ? '' : 's'}`,
+    `${frames} frame${frames === 1 ? '' : 's'} withheld`,
+    `${events} event${events === 1 ? '' : 's'} suppressed`,
+  ];
+  return `\n<div class="reason checks"${rules ? ` title="${escape(rules)}"` : ''}>picture checks: ${escape(parts.join(' · '))}</div>`;
+}
+
+function expectedText(limit: { min?: number | undefined; max?: number | undefined }): string {
+  const { min, max } = limit;
+  if (min !== undefined && max !== undefined) return `${formatSignal(min)}–${formatSignal(max)}`;
+  if (min !== undefined) return `≥ ${formatSignal(min)}`;
+  if (max !== undefined) return `≤ ${formatSignal(max)}`;
+  return '';
+}
+
+/** A quality signal or limit: brightness in grey levels, shares and sharpness in their own small units. */
+function formatSignal(value: number): string {
+  if (typeof value !== 'number' || !Number.isFinite(value)) return String(value);
+  const size = Math.abs(value);
+  if (size >= 100) return value.toFixed(0);
+  if (size >= 10) return value.toFixed(1);
+  if (size >= 0.1 || size === 0) return value.toFixed(2);
+  return value.toPrecision(2);
+}
+
+/** HH:MM:SS UTC of an ISO time (the text as given when it is not one). */
+function clockTime(iso: string): string {
+  const ms = Date.parse(iso);
+  return Number.isFinite(ms) ? `${new Date(ms).toISOString().slice(11, 19)} UTC` : iso;
 }
 
 /** An event sends start, updates and end under one id: the newest message of each stands for it. */
@@ -262,6 +324,8 @@ th,td{border-bottom:1px solid #e2e5e9;padding:.35rem .6rem;text-align:left;verti
 th{background:#eef0f3;font-weight:600}.num{text-align:right;font-variant-numeric:tabular-nums}
 .state{font-weight:600}.ok{color:#1b7f3b}.warn{color:#a86400}.bad{color:#b3261e}
 .reason,.muted{color:#68707a;font-size:12px}
+.fault{background:#fdecea;border-left:3px solid #b3261e;border-radius:3px;padding:.25rem .5rem;margin:0 0 .3rem;font-size:12px;color:#1d232a}
+.fault-badge{font-weight:600;color:#b3261e}
 .bar{position:relative;width:100%;max-width:260px;height:10px;background:#e2e5e9;border-radius:3px;overflow:hidden}
 .fill{height:100%;background:#3d8b5a}.fill.over{background:#c9372c}
 .mark{position:absolute;top:0;width:2px;height:100%;background:#1d232a}

@@ -1,10 +1,12 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import sharp from 'sharp';
 import { ModelError, UsageError } from '../errors.js';
 import { normaliseInput } from '../image/normalise.js';
 import type { ImageTensor } from '../image/tensor.js';
 import { FrameScorer, MIN_COMPONENT_STD, type FrameScore } from '../scoring/frame.js';
+import { sceneReference, type SceneReference } from '../scoring/quality.js';
 import { allFinite } from './infer.js';
 import { MANIFEST_FILE, MODEL_IO, readManifest, VARIANTS, type Calibration, type Manifest, type Variant } from './manifest.js';
 import { OnnxModel } from './onnx.js';
@@ -22,6 +24,8 @@ export interface LoadedBundle {
   readonly scorer: FrameScorer;
   /** Milliseconds the warm-up run (a synthetic frame scored end to end) took. */
   readonly warmUpMs: number;
+  /** The scene the training frames showed, for the camera-fault displacement check; undefined without a quality profile. */
+  readonly sceneReference: SceneReference | undefined;
   dispose(): Promise<void>;
 }
 
@@ -49,6 +53,7 @@ export async function loadBundle(dir: string, options: LoadBundleOptions = {}): 
     });
   }
   const memory = await readMemory(dir, manifest, variant);
+  const sceneReference = await readSceneReference(dir, manifest);
   const model = await OnnxModel.load(path.join(dir, modelName), {
     providers: options.providers,
     threads: options.threads,
@@ -89,11 +94,30 @@ export async function loadBundle(dir: string, options: LoadBundleOptions = {}): 
       calibration: manifest.calibration[variant],
       scorer,
       warmUpMs,
+      sceneReference,
       dispose: () => model.dispose(),
     };
   } catch (error) {
     await model.dispose();
     throw error;
+  }
+}
+
+async function readSceneReference(dir: string, manifest: Manifest): Promise<SceneReference | undefined> {
+  const name = manifest.quality?.reference;
+  if (!name) return undefined;
+  const file = path.join(dir, name);
+  const { width, height } = manifest.input;
+  try {
+    const { data, info } = await sharp(await readFile(file)).greyscale().raw().toBuffer({ resolveWithObject: true });
+    if (info.width !== width || info.height !== height) throw new Error(`it is ${info.width}x${info.height}, the model takes ${width}x${height}`);
+    return sceneReference(new Uint8Array(data.buffer, data.byteOffset, width * height), width, height);
+  } catch (cause) {
+    throw new ModelError(`cannot use the scene reference ${file}: ${(cause as NodeJS.ErrnoException).code ?? (cause as Error).message}`, {
+      file,
+      hint: 'the bundle is incomplete or was edited: copy the whole folder, or write the profile again with `linewatch quality-profile`',
+      cause,
+    });
   }
 }
 

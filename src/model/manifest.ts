@@ -3,6 +3,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ModelError } from '../errors.js';
 import { INPUT_NORMALISATIONS } from '../image/normalise.js';
+import { QualityProfileSchema } from '../scoring/faults.js';
 import { CalibrationSchema, ScoringSettingsSchema } from '../scoring/settings.js';
 
 /**
@@ -18,8 +19,8 @@ export const MANIFEST_FORMAT = 'linewatch-model';
  * `comparator`), synthetic-defect training and the calibration's method. Version 1 bundles
  * still load: every field 2 added is optional and they score as before.
  */
-export const MANIFEST_FORMAT_VERSION = 2;
-export const READABLE_FORMAT_VERSIONS: readonly number[] = [1, 2];
+export const MANIFEST_FORMAT_VERSION = 3;
+export const READABLE_FORMAT_VERSIONS: readonly number[] = [1, 2, 3];
 export const MANIFEST_FILE = 'manifest.json';
 
 /** ONNX tensor names shared by export, inference and quantization. */
@@ -34,7 +35,7 @@ export { CalibrationSchema, ScoringSettingsSchema, type Calibration, type Scorin
 export const ManifestSchema = z
   .object({
     format: z.literal(MANIFEST_FORMAT),
-    formatVersion: z.union([z.literal(1), z.literal(MANIFEST_FORMAT_VERSION)]),
+    formatVersion: z.union([z.literal(1), z.literal(2), z.literal(MANIFEST_FORMAT_VERSION)]),
     linewatchVersion: z.string(),
     createdAt: z.string(),
     input: z
@@ -67,6 +68,8 @@ export const ManifestSchema = z
       .strict(),
     scoring: ScoringSettingsSchema,
     calibration: z.object({ fp32: CalibrationSchema.optional(), int8: CalibrationSchema.optional() }).strict(),
+    /** What the training frames looked like, for the camera-fault checks (scoring/faults.ts). */
+    quality: QualityProfileSchema.optional(),
     training: z
       .object({
         source: z.string(),
@@ -128,7 +131,7 @@ export function parseManifest(text: string, file = MANIFEST_FILE): Manifest {
   }
   if (typeof head.formatVersion !== 'number' || !READABLE_FORMAT_VERSIONS.includes(head.formatVersion)) {
     throw new ModelError(
-      `${file} has format version ${JSON.stringify(head.formatVersion)}; this linewatch reads versions ${READABLE_FORMAT_VERSIONS.join(' and ')}`,
+      `${file} has format version ${JSON.stringify(head.formatVersion)}; this linewatch reads versions ${READABLE_FORMAT_VERSIONS.slice(0, -1).join(', ')} and ${READABLE_FORMAT_VERSIONS.at(-1)}`,
       { file, hint: 'retrain the model with this linewatch version (`linewatch train`), or use the linewatch release that wrote it' },
     );
   }

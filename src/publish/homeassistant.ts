@@ -11,7 +11,8 @@ import type { MqttPublisher } from './mqtt.js';
 /**
  * Home Assistant MQTT discovery, device-based (Home Assistant 2024.11+): one retained
  * `<prefix>/device/<object id>/config` per camera, whose device holds an `anomaly`
- * binary sensor, a live `score` sensor and a `last_anomaly` image, plus one for the
+ * binary sensor, a `fault` binary sensor (the sensor-fault guard's camera faults, from
+ * the retained camera status), a live `score` sensor and a `last_anomaly` image, plus one for the
  * agent itself (the cameras' `via_device`, with a connectivity sensor). The entities
  * read linewatch's own topics, so nothing is published twice.
  *
@@ -42,13 +43,17 @@ export interface HomeAssistantDiscoveryOptions {
   log: Logger;
 }
 
-type DiscoveryCamera = Pick<CameraConfig, 'name' | 'model' | 'scorePublish' | 'snapshots'>;
+type DiscoveryCamera = Pick<CameraConfig, 'name' | 'model' | 'scorePublish' | 'snapshots'> & { faults: Pick<CameraConfig['faults'], 'enabled'> };
 
 /** Templates Home Assistant renders on linewatch's payloads (Jinja). */
 export const TEMPLATES = {
   /** Event messages: start and update mean an open event, end closes it. */
   anomaly: "{{ 'OFF' if value_json.type == 'end' else 'ON' }}",
   score: '{{ value_json.score }}',
+  /** Camera status: a camera fault holds while its `faults` list has entries. */
+  fault: "{{ 'ON' if value_json.faults | default([]) | length > 0 else 'OFF' }}",
+  /** Camera status: the faults that hold (kind, signal, since, value, expected) and their kinds, as attributes. */
+  faultAttributes: "{{ {'kinds': value_json.faults | default([]) | map(attribute='kind') | list, 'faults': value_json.faults | default([])} | tojson }}",
   /** Camera status: only a streaming camera's entities are worth showing. */
   cameraAvailable: "{{ 'online' if value_json.state == 'streaming' else 'offline' }}",
   /** The health server's URL of an event's snapshot, from the file path the event carries. */
@@ -117,6 +122,7 @@ export function discoveryMessages(options: {
   for (const camera of options.cameras) {
     const id = ids.camera(camera.name);
     const events = topics.events(camera.name);
+    const status = topics.cameraStatus(camera.name);
     const image = options.snapshotBaseUrl && camera.snapshots.enabled;
     const device = {
       dev: {
@@ -140,6 +146,20 @@ export function discoveryMessages(options: {
           // The last event message (score, peakScore, threshold, box, snapshot) as attributes.
           json_attributes_topic: events,
         },
+        // The retained camera status lists the faults that hold. With the camera's fault
+        // checks off it would always read OFF, which says nothing: removed then, like the score.
+        fault: camera.faults.enabled
+          ? {
+              p: 'binary_sensor',
+              name: 'Camera fault',
+              unique_id: `${id}_fault`,
+              device_class: 'problem',
+              state_topic: status,
+              value_template: TEMPLATES.fault,
+              json_attributes_topic: status,
+              json_attributes_template: TEMPLATES.faultAttributes,
+            }
+          : { p: 'binary_sensor' },
         // Without scorePublish nothing is sent on the score topic, and an event's score
         // would stand still between events: the sensor is removed instead (a config of
         // its platform alone is Home Assistant's way to drop one component).
@@ -168,7 +188,7 @@ export function discoveryMessages(options: {
       availability: [
         { topic: topics.availability, payload_available: 'online', payload_not_available: 'offline' },
         {
-          topic: topics.cameraStatus(camera.name),
+          topic: status,
           value_template: TEMPLATES.cameraAvailable,
           payload_available: 'online',
           payload_not_available: 'offline',
@@ -218,6 +238,10 @@ export class HomeAssistantDiscovery implements Component {
       this.log.info(
         `no score sensor for ${withoutScore.join(', ')} (it needs the score topic: set scorePublish: true on the camera or mqtt.scoreTopic.enabled)`,
       );
+    }
+    const withoutFaults = options.cameras.filter((camera) => !camera.faults.enabled).map((camera) => camera.name);
+    if (withoutFaults.length > 0) {
+      this.log.info(`no camera fault sensor for ${withoutFaults.join(', ')} (their fault checks are off: faults.enabled: false)`);
     }
     if (baseUrl === undefined) {
       this.log.info('no last-anomaly image entities (they need the health server, which serves the snapshots)');

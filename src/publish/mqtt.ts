@@ -5,7 +5,8 @@ import { UsageError } from '../errors.js';
 import { defaultLogger } from '../log.js';
 import { scrubSecrets } from '../redact.js';
 import { systemClock, type Clock, type Timer } from '../clock.js';
-import { interruptedEnd, OpenEventJournal } from './open-events.js';
+import type { FaultMessage } from '../scoring/faults.js';
+import { interruptedEnd, isFaultMessage, OpenEventJournal, type OpenMessage } from './open-events.js';
 import { DurableOutbox, OUTBOX_DEFAULTS, type OutboxEntry } from './outbox.js';
 import type {
   AnomalyEventPayload,
@@ -97,6 +98,8 @@ export interface MqttTopics {
   inspect(camera: string): string;
   /** Results of triggered inspections. */
   inspections(camera: string): string;
+  /** Camera faults' start and end (scoring/faults.ts). */
+  faults(camera: string): string;
 }
 
 export function mqttTopics(baseTopic: string): MqttTopics {
@@ -113,6 +116,7 @@ export function mqttTopics(baseTopic: string): MqttTopics {
     score: (camera) => cameraTopic(camera, 'score'),
     inspect: (camera) => cameraTopic(camera, 'inspect'),
     inspections: (camera) => cameraTopic(camera, 'inspections'),
+    faults: (camera) => cameraTopic(camera, 'faults'),
   };
 }
 
@@ -352,6 +356,12 @@ export class MqttPublisher {
     this.pumpOutbox();
   }
 
+  /** A camera fault's start or end: durable like an event, and journalled so that a crash cannot leave a start without its end. */
+  publishFault(fault: FaultMessage): void {
+    this.enqueueEvent(fault);
+    this.pumpOutbox();
+  }
+
   /**
    * Any message at QoS 1 through the durable outbox (an inspection result, an
    * integration's message that must not be lost): at least once, in order with events.
@@ -456,7 +466,7 @@ export class MqttPublisher {
       const since = new Date().toISOString();
       for (const [camera, status] of this.cameraStatuses) {
         if (status.state === 'offline') continue;
-        const offline: CameraStatusPayload = { ...status, state: 'offline', reason: 'agent stopped', since, fps: 0 };
+        const offline: CameraStatusPayload = { ...status, state: 'offline', reason: 'agent stopped', since, fps: 0, faults: [] };
         this.cameraStatuses.set(camera, offline);
         acks.push(this.publishAcknowledged(this.topics.cameraStatus(camera), JSON.stringify(offline)));
       }
@@ -567,8 +577,8 @@ export class MqttPublisher {
    * worst the next run ends one whose start never went out, or finds the end
    * already queued and sends no second one).
    */
-  private enqueueEvent(event: AnomalyEventPayload): void {
-    const topic = this.topics.events(event.camera);
+  private enqueueEvent(event: OpenMessage): void {
+    const topic = isFaultMessage(event) ? this.topics.faults(event.camera) : this.topics.events(event.camera);
     if (event.type !== 'end') {
       this.journal.record(event);
       this.persistJournal();

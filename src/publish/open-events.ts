@@ -1,20 +1,29 @@
 import { existsSync, readFileSync } from 'node:fs';
+import type { FaultMessage } from '../scoring/faults.js';
 import type { AnomalyEventPayload } from './payloads.js';
 import { writeFileAtomic } from './disk.js';
 
 /**
- * The last start/update payload of every event that has not ended yet, kept in
+ * The last start/update payload of every event (and start of every camera fault)
+ * that has not ended yet, kept in
  * a small JSON file next to the outbox. A run that dies with an event open
  * (kill -9, OOM, power cut) leaves it here, and the next run ends it with
  * reason `interrupted`: without that, subscribers would hold a `start` with no
  * `end` forever. Written whole (temporary file and rename) on every change:
  * events are a few messages per anomaly, and the file holds one line per camera at most.
  */
+/** What the journal keeps: an anomaly event's latest message, or a camera fault's start. */
+export type OpenMessage = AnomalyEventPayload | FaultMessage;
+
+export function isFaultMessage(message: OpenMessage): message is FaultMessage {
+  return 'kind' in message;
+}
+
 export class OpenEventJournal {
-  private readonly open = new Map<string, AnomalyEventPayload>();
+  private readonly open = new Map<string, OpenMessage>();
   private dirty = false;
   /** Open events a previous run left, in the order they started. */
-  readonly leftovers: readonly AnomalyEventPayload[];
+  readonly leftovers: readonly OpenMessage[];
   /** Why the file a previous run left could not be used (then it is ignored), or undefined. */
   readonly unreadable: string | undefined;
 
@@ -29,7 +38,7 @@ export class OpenEventJournal {
   }
 
   /** The event's latest start or update. */
-  record(event: AnomalyEventPayload): void {
+  record(event: OpenMessage): void {
     this.open.set(event.id, event);
     this.dirty = true;
   }
@@ -55,11 +64,16 @@ export class OpenEventJournal {
  * The end of an event a crashed run left open: the figures of its last known
  * message, ended at that message's time (nothing is known about it after that).
  */
-export function interruptedEnd(last: AnomalyEventPayload): AnomalyEventPayload {
+export function interruptedEnd(last: AnomalyEventPayload): AnomalyEventPayload;
+export function interruptedEnd(last: OpenMessage): OpenMessage;
+export function interruptedEnd(last: OpenMessage): OpenMessage {
+  if (isFaultMessage(last)) {
+    return { ...last, type: 'end', durationMs: Math.max(0, Date.parse(last.at) - Date.parse(last.since)), reason: 'interrupted' };
+  }
   return { ...last, type: 'end', endedAt: last.at, reason: 'interrupted' };
 }
 
-function readJournal(file: string): { events: AnomalyEventPayload[]; problem?: string } {
+function readJournal(file: string): { events: OpenMessage[]; problem?: string } {
   if (!existsSync(file)) return { events: [] };
   let value: unknown;
   try {
@@ -75,9 +89,12 @@ function readJournal(file: string): { events: AnomalyEventPayload[]; problem?: s
   return { events, problem };
 }
 
-function isOpenEvent(value: unknown): value is AnomalyEventPayload {
+function isOpenEvent(value: unknown): value is OpenMessage {
   if (typeof value !== 'object' || value === null) return false;
   const event = value as Record<string, unknown>;
+  if ('kind' in event) {
+    return event.type === 'start' && typeof event.id === 'string' && typeof event.camera === 'string' && typeof event.kind === 'string' && typeof event.at === 'string' && typeof event.since === 'string';
+  }
   return (
     (event.type === 'start' || event.type === 'update') &&
     typeof event.id === 'string' &&

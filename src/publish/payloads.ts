@@ -5,6 +5,7 @@
  */
 
 import type { EndReason, EventBox, EventMessage, EventMessageType } from '../scoring/events.js';
+import type { ActiveFault } from '../scoring/faults.js';
 
 // The event payload is exactly what the debouncer emits (with box and snapshot filled in by the wiring).
 export type AnomalyEventType = EventMessageType;
@@ -26,6 +27,8 @@ export interface CameraStatusPayload {
   restarts: number;
   framesDropped: number;
   lastFrameAt: string | null;
+  /** Camera faults that hold now (scoring/faults.ts); empty while the picture looks as in training. */
+  faults: ActiveFault[];
 }
 
 export interface ScorePayload {

@@ -40,10 +40,11 @@ export type EventMessageType = 'start' | 'update' | 'end';
 // `interrupted` is never produced here: the publisher sends it at start for an event a crash left open.
 // `model-changed`: the camera's model was swapped while the event was open; its scores and threshold
 // came from the old model, so it ends rather than mixing two models' scores in one peak and mean.
-export const END_REASONS = ['recovered', 'shutdown', 'max-duration', 'camera-offline', 'interrupted', 'model-changed'] as const;
+// `camera-fault`: a camera fault began (scoring/faults.ts): the frames no longer show the part.
+export const END_REASONS = ['recovered', 'shutdown', 'max-duration', 'camera-offline', 'interrupted', 'model-changed', 'camera-fault'] as const;
 export type EndReason = (typeof END_REASONS)[number];
 /** Reasons an open event is ended from outside the score stream. */
-export type CloseReason = Extract<EndReason, 'shutdown' | 'camera-offline' | 'model-changed'>;
+export type CloseReason = Extract<EndReason, 'shutdown' | 'camera-offline' | 'model-changed' | 'camera-fault'>;
 
 /** In source-image pixels; filled by the wiring, never by the tracker. */
 export type EventBox = Box;

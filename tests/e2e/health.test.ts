@@ -24,6 +24,7 @@ function camera(name: string, overrides: Partial<CameraSnapshot> = {}): CameraSn
     restarts: 0,
     framesDropped: 0,
     lastFrameAt: iso(100),
+    faults: [],
     framesIn: 6000,
     lastScore: 0.12,
     threshold: 0.2,

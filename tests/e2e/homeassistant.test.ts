@@ -4,6 +4,8 @@
  * plays Home Assistant: it reads the retained configs, publishes the birth message,
  * renders the entities' templates on what the agent really publishes, fetches the
  * image entity's URL, and sees a camera that left the config removed on the next start.
+ * line2 plays the demo video with a lens cap on for a few seconds of each loop, so that its
+ * camera fault sensor has a fault to show.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -11,9 +13,10 @@ import path from 'node:path';
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAgent, writeConfig, type AgentProcess, DEMO_MODEL, DEMO_VIDEO, demoAgentMissing } from '../helpers/agent.js';
-import { renderTemplate } from '../helpers/jinja.js';
+import { renderJinja2, renderTemplate } from '../helpers/jinja.js';
 import { freePort, recordMqtt, startMosquitto, type MosquittoBroker, type MqttRecorder, type ReceivedMessage } from '../helpers/mosquitto.js';
 import { payloadValidator } from '../helpers/payloads.js';
+import { perturbedClip } from '../../bench/perturbed-video.js';
 
 const VIDEO = DEMO_VIDEO;
 const MODEL = DEMO_MODEL;
@@ -25,9 +28,11 @@ const LINE1_CONFIG = 'homeassistant/device/linewatch_testdev_line1/config';
 const LINE2_CONFIG = 'homeassistant/device/linewatch_testdev_line2/config';
 const ALL_CONFIGS = [AGENT_CONFIG, LINE1_CONFIG, LINE2_CONFIG];
 
-// line1 publishes scores and is the one whose events are followed; line2 only has to exist (and cost little CPU).
+// line1 publishes scores and is the one whose events are followed; line2 (at little CPU) has its lens covered
+// from 4 s to 10 s of every 16 s loop (the url is that clip, made in beforeAll), for its camera fault sensor.
 const LINE1 = { name: 'line1', url: VIDEO, loop: true, realtime: true, scorePublish: true };
-const LINE2 = { name: 'line2', url: VIDEO, loop: true, realtime: true, fps: 1 };
+const LINE2 = { name: 'line2', url: VIDEO, loop: true, realtime: true, fps: 2 };
+
 
 function agentConfig(dir: string, brokerUrl: string, healthPort: number, cameras: unknown[]) {
   return {
@@ -54,6 +59,7 @@ describe.skipIf(missing.length > 0)('Home Assistant discovery: linewatch run aga
 
   beforeAll(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'linewatch-ha-'));
+    LINE2.url = await perturbedClip('covered', path.join(dir, 'covered.mp4'));
     broker = await startMosquitto();
     healthPort = await freePort();
     recorder = await recordMqtt(broker.url, ['homeassistant/#', `${BASE}/#`]);
@@ -96,13 +102,24 @@ describe.skipIf(missing.length > 0)('Home Assistant discovery: linewatch run aga
         { topic: `${BASE}/status`, payload_available: 'online', payload_not_available: 'offline' },
         { topic: `${BASE}/line1/status`, value_template: expect.any(String), payload_available: 'online', payload_not_available: 'offline' },
       ]);
-      expect(Object.keys(line1.cmps).sort()).toEqual(['anomaly', 'last_anomaly', 'score']);
+      expect(Object.keys(line1.cmps).sort()).toEqual(['anomaly', 'fault', 'last_anomaly', 'score']);
       expect(line1.cmps.anomaly).toMatchObject({
         p: 'binary_sensor',
         unique_id: 'linewatch_testdev_line1_anomaly',
         device_class: 'problem',
         state_topic: `${BASE}/line1/events`,
         value_template: "{{ 'OFF' if value_json.type == 'end' else 'ON' }}",
+      });
+      // The camera fault reads the retained camera status, where the agent lists the faults that hold.
+      expect(line1.cmps.fault).toEqual({
+        p: 'binary_sensor',
+        name: 'Camera fault',
+        unique_id: 'linewatch_testdev_line1_fault',
+        device_class: 'problem',
+        state_topic: `${BASE}/line1/status`,
+        value_template: expect.stringContaining('value_json.faults'),
+        json_attributes_topic: `${BASE}/line1/status`,
+        json_attributes_template: expect.stringContaining('tojson'),
       });
       expect(line1.cmps.score).toMatchObject({
         p: 'sensor',
@@ -123,6 +140,7 @@ describe.skipIf(missing.length > 0)('Home Assistant discovery: linewatch run aga
       const line2 = config(LINE2_CONFIG);
       expect(line2.cmps.score).toEqual({ p: 'sensor' });
       expect(line2.cmps.anomaly.unique_id).toBe('linewatch_testdev_line2_anomaly');
+      expect(line2.cmps.fault).toMatchObject({ p: 'binary_sensor', unique_id: 'linewatch_testdev_line2_fault', state_topic: `${BASE}/line2/status` });
       expect(line2.dev.via_device).toBe('linewatch_testdev');
 
       const agentDevice = config(AGENT_CONFIG);
@@ -153,6 +171,30 @@ describe.skipIf(missing.length > 0)('Home Assistant discovery: linewatch run aga
       await homeAssistant.endAsync();
     }
   }, 20_000);
+
+  it("turns the agent's real camera status into the camera fault sensor: OFF on a clear picture, ON with the fault list while the lens is covered", async () => {
+    const config = JSON.parse(recorder.messages.find(isConfig(LINE2_CONFIG))!.payload);
+    const { value_template: state, json_attributes_template: attributes } = config.cmps.fault as Record<string, string>;
+    const statuses = (camera: string) => recorder.messages.filter((m) => m.topic === `${BASE}/${camera}/status`);
+    const faultsOf = (message: ReceivedMessage) => (JSON.parse(message.payload) as { faults: { kind: string }[] }).faults;
+
+    // The covered stretch of line2's clip (4 s to 10 s of each loop) raises a fault, listed in its retained status.
+    const covered = await recorder.waitFor((m) => m.topic === `${BASE}/line2/status` && faultsOf(m).length > 0, 40_000);
+    expect(renderJinja2(state, covered.payload)).toBe('ON');
+    expect(JSON.parse(renderJinja2(attributes, covered.payload))).toEqual({ kinds: faultsOf(covered).map((fault) => fault.kind), faults: faultsOf(covered) });
+    expect(faultsOf(covered).map((fault) => fault.kind)).toContain('covered');
+    // And the status after the lens comes off lists none: OFF again.
+    const index = recorder.messages.indexOf(covered);
+    const cleared = await recorder.waitFor((m) => m.topic === `${BASE}/line2/status` && recorder.messages.indexOf(m) > index && faultsOf(m).length === 0, 30_000);
+    expect(renderJinja2(state, cleared.payload)).toBe('OFF');
+    expect(JSON.parse(renderJinja2(attributes, cleared.payload))).toEqual({ kinds: [], faults: [] });
+
+    // line1's picture is clear: every status of it reads OFF, with the same component on its own config.
+    const line1 = JSON.parse(recorder.messages.find(isConfig(LINE1_CONFIG))!.payload);
+    expect(line1.cmps.fault.value_template).toBe(state);
+    expect(statuses('line1').length).toBeGreaterThan(0);
+    expect(statuses('line1').map((m) => renderJinja2(state, m.payload))).toEqual(statuses('line1').map(() => 'OFF'));
+  }, 80_000);
 
   it("renders the entities' templates on the agent's real messages: ON ... OFF, the score, availability, a snapshot URL that serves the JPEG", async () => {
     const line1 = JSON.parse(recorder.messages.find(isConfig(LINE1_CONFIG))!.payload);

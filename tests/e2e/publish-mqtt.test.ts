@@ -60,7 +60,7 @@ function makeEvent(type: AnomalyEventType, overrides: Partial<AnomalyEventPayloa
 
 function makeStatus(state: CameraStatusPayload['state'] = 'streaming'): CameraStatusPayload {
   const now = new Date().toISOString();
-  return { state, reason: null, since: now, fps: 10, restarts: 0, framesDropped: 2, lastFrameAt: now };
+  return { state, reason: null, since: now, fps: 10, restarts: 0, framesDropped: 2, lastFrameAt: now, faults: [] };
 }
 
 const logs: string[] = [];

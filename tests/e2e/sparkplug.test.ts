@@ -37,7 +37,7 @@ if (missing.length) console.warn(`sparkplug tests skipped: ${missing.join('; ')}
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function status(state: CameraStatusPayload['state'], extra: Partial<CameraStatusPayload> = {}): CameraStatusPayload {
-  return { state, reason: state === 'streaming' ? null : 'test', since: new Date().toISOString(), fps: 0, restarts: 0, framesDropped: 0, lastFrameAt: null, ...extra };
+  return { state, reason: state === 'streaming' ? null : 'test', since: new Date().toISOString(), fps: 0, restarts: 0, framesDropped: 0, lastFrameAt: null, faults: [], ...extra };
 }
 
 function event(camera: string, type: 'start' | 'end', score: number): AnomalyEventPayload {

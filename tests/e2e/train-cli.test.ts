@@ -32,12 +32,15 @@ describe('linewatch train', () => {
     expect(result.stderr).toMatch(/epoch 1\/6 vae loss [\d.]+ .*ETA/);
     expect(result.stderr).toMatch(/epoch 6\/6 comparator loss [\d.]+ .*ETA/);
     expect(result.stdout).toMatch(/fp32: threshold [\d.]+ for 0\.50% false positives/);
-    expect(readdirSync(out).sort()).toEqual(['manifest.json', 'memory.fp32.f32', 'memory.int8.f32', 'model.int8.onnx', 'model.onnx']);
+    expect(readdirSync(out).sort()).toEqual(['manifest.json', 'memory.fp32.f32', 'memory.int8.f32', 'model.int8.onnx', 'model.onnx', 'quality-reference.png']);
     const manifest = await readManifest(out);
     expect(manifest.input).toMatchObject({ width: 32, height: 16, channels: 1, normalisation: 'standardise' });
     expect(manifest.training).toMatchObject({ epochs: 3, seed: 1, images: 16, heldOut: 4 });
     expect(manifest.training.source).toContain('bottle-detection.mp4');
-    expect(manifest.formatVersion).toBe(2);
+    expect(manifest.formatVersion).toBe(3);
+    // The camera-fault checks' profile of the training frames, with the scene they showed.
+    expect(manifest.quality).toMatchObject({ frames: 20, reference: 'quality-reference.png', shift: { maxX: expect.any(Number), maxY: expect.any(Number) } });
+    expect(manifest.quality!.brightness.min).toBeLessThanOrEqual(manifest.quality!.brightness.max);
     expect(manifest.scoring).toMatchObject({ scorer: 'recon', errorMap: 'comparator' });
     expect(manifest.architecture.comparator?.filters).toEqual([8, 16, 32]);
     expect(manifest.training).toMatchObject({ comparatorEpochs: 3, anomalies: { share: 0.5, strength: [0.2, 1] } });
@@ -176,7 +179,7 @@ describe('model bundle problems name the file and what is wrong', () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'linewatch-manifest-'));
     const manifest = JSON.parse(readFileSync(path.join(REPO, 'models/demo/manifest.json'), 'utf8'));
     writeFileSync(path.join(dir, 'manifest.json'), JSON.stringify({ ...manifest, formatVersion: 99 }));
-    await expect(readManifest(dir)).rejects.toThrow(/manifest\.json has format version 99; this linewatch reads versions 1 and 2/);
+    await expect(readManifest(dir)).rejects.toThrow(/manifest\.json has format version 99; this linewatch reads versions 1, 2 and 3/);
     expect(() => parseManifest(JSON.stringify({ format: 'something-else' }), 'x/manifest.json')).toThrow(/x\/manifest\.json is not a linewatch model manifest/);
     expect(() => parseManifest('{ not json', 'y/manifest.json')).toThrow(/y\/manifest\.json is not valid JSON/);
     await expect(readManifest(path.join(dir, 'absent'))).rejects.toThrow(/cannot read .*absent\/manifest\.json \(ENOENT\)/);

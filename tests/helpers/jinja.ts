@@ -1,3 +1,7 @@
+import { spawnSync } from 'node:child_process';
+
+const SYSTEM_PYTHON = '/usr/bin/python3';
+
 /**
  * Renders the few Jinja forms linewatch's Home Assistant templates use, the way
  * Home Assistant would with `value_json` bound to the parsed payload:
@@ -42,4 +46,24 @@ function lookup(value: unknown, path: string): unknown {
     node = (node as Record<string, unknown>)[key];
   }
   return node;
+}
+
+/**
+ * Renders a template with Jinja2's sandbox, which Home Assistant's templates build on
+ * (value_json bound to the parsed payload), for templates renderTemplate() does not
+ * understand (filters, lists, tojson). Debian's python3-jinja2 (scripts/setup.sh), run by
+ * the system python: the `python3` on PATH may be another one without it.
+ */
+export function renderJinja2(template: string, payload: string): string {
+  const script = [
+    'import json, sys',
+    'from jinja2.sandbox import ImmutableSandboxedEnvironment',
+    'template, payload = json.load(sys.stdin)',
+    'sys.stdout.write(ImmutableSandboxedEnvironment().from_string(template).render(value_json=json.loads(payload)))',
+  ].join('\n');
+  const result = spawnSync(SYSTEM_PYTHON, ['-c', script], { input: JSON.stringify([template, payload]), encoding: 'utf8' });
+  if (result.error || result.status !== 0) {
+    throw new Error(`jinja2 could not render ${template}: ${result.error?.message ?? result.stderr} (install python3-jinja2: scripts/setup.sh)`);
+  }
+  return result.stdout;
 }

@@ -36,12 +36,12 @@ function schema(name: string): ValidateFunction {
 export function payloadValidator(baseTopic = 'linewatch/+'): PayloadValidator {
   const base = baseTopic.split('/').map((level) => (level === '+' ? '[^/]+' : level.replace(/[.*?^${}()|[\]\\]/g, '\\$&'))).join('/');
   const agentTopic = new RegExp(`^${base}/(status|stats)$`);
-  const cameraTopic = new RegExp(`^${base}/[^/]+/(status|events|score|inspections)$`);
+  const cameraTopic = new RegExp(`^${base}/[^/]+/(status|events|score|inspections|faults)$`);
 
   const problems = ({ topic, payload }: TopicPayload): string[] => {
     const agent = agentTopic.exec(topic);
     if (agent?.[1] === 'status') return payload === 'online' || payload === 'offline' ? [] : [`availability must be online or offline, got ${JSON.stringify(payload)}`];
-    const name = agent ? 'stats' : { status: 'camera-status', events: 'event', score: 'score', inspections: 'inspection' }[cameraTopic.exec(topic)?.[1] ?? ''];
+    const name = agent ? 'stats' : { status: 'camera-status', events: 'event', score: 'score', inspections: 'inspection', faults: 'fault' }[cameraTopic.exec(topic)?.[1] ?? ''];
     if (!name) return [`no schema for topic ${topic}`];
     let value: unknown;
     try {

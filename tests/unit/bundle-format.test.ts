@@ -54,8 +54,8 @@ afterAll(async () => {
 });
 
 describe('bundle format versions', () => {
-  it('writes version 2', () => {
-    expect(MANIFEST_FORMAT_VERSION).toBe(2);
+  it('writes version 3', () => {
+    expect(MANIFEST_FORMAT_VERSION).toBe(3);
   });
 
   it('still loads and scores a version 1 bundle as it did', async () => {
@@ -88,9 +88,9 @@ describe('bundle format versions', () => {
   });
 
   it('names the versions it reads and how to get a readable bundle for any other', async () => {
-    const bundleDir = await bundleWith('v3', versionOneManifest({ formatVersion: 3 }));
+    const bundleDir = await bundleWith('v4', versionOneManifest({ formatVersion: 4 }));
     const failure = readManifest(bundleDir);
-    await expect(failure).rejects.toThrow(/format version 3; this linewatch reads versions 1 and 2/);
+    await expect(failure).rejects.toThrow(/format version 4; this linewatch reads versions 1, 2 and 3/);
     await expect(readManifest(bundleDir)).rejects.toMatchObject({ hint: expect.stringMatching(/retrain the model with this linewatch version/) });
   });
 });

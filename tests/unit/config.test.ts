@@ -231,6 +231,21 @@ describe('defaults', () => {
         ignore: [],
         debounce: { k: 3, n: 5, endFrames: 5, hysteresis: 0.9, minDurationMs: 1000, cooldownMs: 0, updateIntervalMs: 1000 },
         snapshots: { enabled: true, retain: 100, maxMegabytes: 100 },
+        faults: {
+          enabled: true,
+          suppressEvents: true,
+          startS: 1.5,
+          share: 0.8,
+          endS: 1.5,
+          checks: {
+            bright: { enabled: true },
+            covered: { enabled: true },
+            dark: { enabled: true },
+            frozen: { enabled: true, minChange: 0.02 },
+            blur: { enabled: true },
+            moved: { enabled: true },
+          },
+        },
         scorePublish: false,
       },
     ]);

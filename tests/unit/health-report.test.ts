@@ -19,6 +19,7 @@ function snapshot(extra: Partial<AgentSnapshot> = {}): AgentSnapshot {
         restarts: 0,
         framesDropped: 0,
         lastFrameAt: '2026-12-06T11:59:59.900Z',
+        faults: [],
         framesIn: 35_000,
         lastScore: 0.4,
         threshold: 1.2,

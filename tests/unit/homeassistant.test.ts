@@ -20,7 +20,7 @@ import {
 } from '../../src/publish/homeassistant.js';
 import { mqttTopics } from '../../src/publish/mqtt.js';
 import { LINEWATCH_VERSION } from '../../src/version.js';
-import { renderTemplate } from '../helpers/jinja.js';
+import { renderJinja2, renderTemplate } from '../helpers/jinja.js';
 
 function config(extra: Record<string, unknown> = {}, cameras: unknown[] = [{ name: 'line1', url: 'a.mp4', scorePublish: true }, { name: 'line2', url: 'b.mp4' }]): Config {
   return configFromObject(
@@ -39,6 +39,7 @@ function configProblems(extra: Record<string, unknown>): string[] {
 }
 
 const topics = mqttTopics('linewatch/dev1');
+
 
 type Handler = Parameters<DiscoveryPublisher['subscribe']>[1];
 
@@ -132,6 +133,16 @@ describe('discoveryMessages', () => {
         value_template: TEMPLATES.anomaly,
         json_attributes_topic: 'linewatch/dev1/line1/events',
       },
+      fault: {
+        p: 'binary_sensor',
+        name: 'Camera fault',
+        unique_id: 'linewatch_dev1_line1_fault',
+        device_class: 'problem',
+        state_topic: 'linewatch/dev1/line1/status',
+        value_template: TEMPLATES.fault,
+        json_attributes_topic: 'linewatch/dev1/line1/status',
+        json_attributes_template: TEMPLATES.faultAttributes,
+      },
       score: {
         p: 'sensor',
         name: 'Score',
@@ -161,6 +172,13 @@ describe('discoveryMessages', () => {
     expect(byTopic['homeassistant/device/linewatch_dev1_line2/config'].cmps.score).toEqual({ p: 'sensor' });
   });
 
+  it('removes the camera fault sensor of a camera whose fault checks are off (it would only ever read OFF)', () => {
+    const cameras = resolveCameras(config({}, [{ name: 'line1', url: 'a.mp4', faults: { enabled: false } }, { name: 'line2', url: 'b.mp4' }]));
+    const payloads = discoveryMessages({ prefix: 'ha', deviceId: 'dev1', topics, cameras }).map((message) => JSON.parse(message.payload));
+    expect(payloads[1].cmps.fault).toEqual({ p: 'binary_sensor' });
+    expect(payloads[2].cmps.fault).toMatchObject({ p: 'binary_sensor', unique_id: 'linewatch_dev1_line2_fault', state_topic: 'linewatch/dev1/line2/status' });
+  });
+
   it('removes the image without a health server or without snapshots', () => {
     const withoutHealth = discoveryMessages({ prefix: 'ha', deviceId: 'dev1', topics, cameras: resolveCameras(cfg) });
     expect(JSON.parse(withoutHealth[1]!.payload).cmps.last_anomaly).toEqual({ p: 'image' });
@@ -179,7 +197,7 @@ describe('discoveryMessages', () => {
   it('uses unique ids that are unique', () => {
     const ids = Object.values(byTopic).flatMap((payload) => Object.values(payload.cmps as Record<string, { unique_id?: string }>).map((c) => c.unique_id).filter(Boolean));
     expect(new Set(ids).size).toBe(ids.length);
-    expect(ids).toHaveLength(6);
+    expect(ids).toHaveLength(8);
   });
 });
 
@@ -199,6 +217,21 @@ describe('the templates, on payloads of the documented shapes', () => {
     expect(renderTemplate(TEMPLATES.snapshotUrl('http://box:9464/snapshots/cam-a/'), '{"snapshot":"/var/lib/linewatch/snapshots/cam-a/0b7d1f0e.jpg"}')).toBe(
       'http://box:9464/snapshots/cam-a/0b7d1f0e.jpg',
     );
+  });
+
+  it('turn the camera status into a camera fault: ON while its faults list has entries, the faults and their kinds as attributes', () => {
+    const status = { state: 'streaming', reason: null, since: '2026-12-06T11:00:00.000Z', fps: 10, restarts: 0, framesDropped: 0, lastFrameAt: '2026-12-06T12:00:00.000Z' };
+    const covered = { id: 'c0a1', kind: 'covered', signal: 'flatShare', since: '2026-12-06T11:59:00.000Z', value: 1, expected: { max: 0.75 } };
+    const dark = { id: 'd0b2', kind: 'dark', signal: 'brightness', since: '2026-12-06T11:59:30.000Z', value: 3.5, expected: { min: 25 } };
+    const render = (payload: object) => ({
+      state: renderJinja2(TEMPLATES.fault, JSON.stringify(payload)),
+      attributes: JSON.parse(renderJinja2(TEMPLATES.faultAttributes, JSON.stringify(payload))) as unknown,
+    });
+    expect(render({ ...status, faults: [] })).toEqual({ state: 'OFF', attributes: { kinds: [], faults: [] } });
+    expect(render({ ...status, faults: [covered] })).toEqual({ state: 'ON', attributes: { kinds: ['covered'], faults: [covered] } });
+    expect(render({ ...status, faults: [covered, dark] })).toEqual({ state: 'ON', attributes: { kinds: ['covered', 'dark'], faults: [covered, dark] } });
+    // A status without the list (an agent before the fault checks, retained on the broker) reads OFF, not an error.
+    expect(render({ ...status, state: 'offline' })).toEqual({ state: 'OFF', attributes: { kinds: [], faults: [] } });
   });
 });
 

@@ -381,7 +381,8 @@ describe('CameraPipeline modes', () => {
 
   function pipeline(mode: 'continuous' | 'triggered') {
     const config = configFromObject(
-      { defaults: { model: 'models/demo', mode, debounce: { k: 1, n: 1, minDurationMs: 0 }, snapshots: { enabled: false } }, cameras: [{ name: 'line1', url: 'clip.mp4' }] },
+      // Synthetic frames: flat and unchanging, which the camera-fault guard rightly calls a covered lens.
+      { defaults: { model: 'models/demo', mode, debounce: { k: 1, n: 1, minDurationMs: 0 }, snapshots: { enabled: false }, faults: { enabled: false } }, cameras: [{ name: 'line1', url: 'clip.mp4' }] },
       { env: {}, baseDir: process.cwd(), fileExists: () => true, hostname: 'h' },
     );
     const [camera] = resolveCameras(config);

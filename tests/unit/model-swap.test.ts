@@ -82,7 +82,8 @@ function config(cameras: Record<string, unknown>[], extra: Record<string, unknow
       mqtt: { url: 'mqtt://127.0.0.1:1' },
       health: { enabled: false },
       // One frame above the threshold starts an event: the tests drive the tracker frame by frame.
-      defaults: { model: DEMO, debounce: { k: 1, n: 1, endFrames: 1, minDurationMs: 0, cooldownMs: 0 } },
+      // Synthetic frames: flat and unchanging, which the camera-fault guard rightly calls a covered lens.
+      defaults: { model: DEMO, debounce: { k: 1, n: 1, endFrames: 1, minDurationMs: 0, cooldownMs: 0 }, faults: { enabled: false } },
       cameras,
       ...extra,
     },

@@ -19,6 +19,7 @@ function camera(name: string, overrides: Partial<CameraSnapshot> = {}): CameraSn
     framesIn: 35_000,
     lastScore: 0.4,
     threshold: 1.2,
+    faults: [],
     ...overrides,
   };
 }
@@ -82,5 +83,64 @@ describe('the status page', () => {
     expect(none).not.toContain('<a href="/api/openapi.json">');
     expect(renderOperatorPage(snapshot([camera('line1')]), { now: NOW, refreshSeconds: 5, api: 'open' })).toContain('<a href="/api/openapi.json">API</a>');
     expect(renderOperatorPage(snapshot([]), { now: NOW, refreshSeconds: 5 })).toContain('<p>No cameras configured.</p>');
+  });
+
+  it('shows a camera fault per line with its signal against the limit, the picture checks and what they held back, all escaped', () => {
+    const faultChecks = (enabled: boolean, frames = 0, events = 0): CameraSnapshot['faultChecks'] => ({
+      enabled,
+      rules: enabled
+        ? [
+            { kind: 'covered', signal: 'flatShare', max: 0.75, source: 'learned' },
+            { kind: 'dark', signal: 'brightness', min: 25, source: 'default' },
+          ]
+        : [],
+      signals: null,
+      suppressed: { frames, events },
+    });
+    const page = renderOperatorPage(
+      snapshot([
+        camera('line1', {
+          faults: [
+            { id: 'f1', kind: 'covered', signal: 'flatShare', since: '2026-12-06T11:56:57.250Z', value: 1, expected: { max: 0.75 } },
+            // Whatever the snapshot carries is text, never markup.
+            { id: 'f2', kind: '<b>dark</b>' as 'dark', signal: 'brightness', since: 'soon"<x>', value: 3.25, expected: { min: 25 } },
+          ],
+          faultChecks: faultChecks(true, 41, 1),
+        }),
+        camera('line2', { faultChecks: faultChecks(false) }),
+        camera('line3'),
+      ]),
+      { now: NOW, refreshSeconds: 5 },
+    );
+    const card = (name: string, next?: string) => page.slice(page.indexOf(`data-camera="${name}"`), next ? page.indexOf(`data-camera="${next}"`) : undefined);
+    const text = (html: string) => html.replace(/<[^>]*>/g, '');
+    const line1 = card('line1', 'line2');
+
+    // In the figures the script refreshes, and flagged in the card's head and the summary.
+    const stats = line1.slice(line1.indexOf('<div data-live="stats:line1">'));
+    expect(text(stats)).toContain('camera fault: covered since 11:56:57 UTC (3 min 2 s) — flatShare 1.00, expected ≤ 0.75');
+    expect(stats).toContain('<time data-clock datetime="2026-12-06T11:56:57.250Z" title="2026-12-06T11:56:57.250Z">11:56:57 UTC</time>');
+    expect(line1).toContain('<span class="state ok">streaming</span> <span class="state bad">· camera fault</span>');
+    expect(text(page)).toContain('1 camera with a fault');
+    expect(line1.match(/<div class="fault"/g)).toHaveLength(2);
+    expect(line1).toContain('<span class="fault-badge">camera fault: &lt;b&gt;dark&lt;/b&gt;</span> since <time data-clock datetime="soon&quot;&lt;x&gt;" title="soon&quot;&lt;x&gt;">soon&quot;&lt;x&gt;</time> (?) — brightness 3.25, expected ≥ 25.0');
+    expect(page).not.toContain('<b>dark');
+    expect(page).not.toContain('<x>');
+    expect(line1).toContain(
+      '<div class="reason checks" title="covered flatShare ≤ 0.75 (learned); dark brightness ≥ 25.0 (default)">picture checks: 2 checks · 41 frames withheld · 1 event suppressed</div>',
+    );
+
+    const line2 = card('line2', 'line3');
+    expect(line2).toContain('<div class="reason checks">picture checks: fault checks off</div>');
+    expect(line2).not.toContain('class="fault"');
+    expect(line2).not.toContain('camera fault');
+    // A camera without fault figures (an older snapshot) shows neither line.
+    const line3 = card('line3');
+    expect(line3).not.toContain('picture checks');
+    expect(line3).not.toContain('camera fault');
+
+    const quiet = renderOperatorPage(snapshot([camera('line1', { faultChecks: faultChecks(true) })]), { now: NOW, refreshSeconds: 5 });
+    expect(quiet).toContain('picture checks: 2 checks · 0 frames withheld · 0 events suppressed');
+    expect(quiet).not.toContain('camera fault');
   });
 });

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { UsageError } from '../../errors.js';
 import { detectChannels, loadImages, resolveImageList } from '../../image/load.js';
 import { normaliseInput, type InputNormalisation } from '../../image/normalise.js';
-import { shiftImage, type ImageTensor } from '../../image/tensor.js';
+import { shiftImage, toInterleavedBytes, type ImageTensor } from '../../image/tensor.js';
 import { writeBundle, assertBundleTarget } from '../../model/bundle.js';
 import { exportOnnx } from '../export.js';
 import { inferImages, packRows, type ImageOutputs } from '../../model/infer.js';
@@ -17,6 +17,7 @@ import {
 } from '../../model/manifest.js';
 import { OnnxModel } from '../../model/onnx.js';
 import { foldUpsampleModel, quantizeInt8, type Int8Scheme } from '../quantize.js';
+import { learnQualityProfile, referencePng, REFERENCE_FILE } from '../quality-profile.js';
 import { combineComponents, componentStats, FrameScorer } from '../../scoring/frame.js';
 import { calibrate, describeCalibration } from '../../scoring/metrics.js';
 import { decodeVideoFrames } from '../../source/decode.js';
@@ -92,6 +93,8 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
 
   const gathered = await gatherImages(options);
   const { skipped, source, channels } = gathered;
+  // Before normalisation: the camera-fault checks measure the 8-bit frames the camera delivers.
+  const quality = learnQualityProfile(gathered.images.map((image) => toInterleavedBytes(image)), options.width, options.height, channels);
   const images = gathered.images.map((image) => normaliseInput(image, options.normalisation));
   log(`data: ${images.length} ${channels === 1 ? 'grey' : 'colour'} images from ${source}${skipped ? ` (${skipped} unreadable, skipped)` : ''}`);
   const heldOutCount = Math.max(1, Math.round(images.length * options.valFraction));
@@ -153,7 +156,7 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
 
   const fp32Bytes = foldUpsampleModel(exportOnnx(weights));
   const baseScoring = ScoringSettingsSchema.parse({ latentSpace: 'whitened-cosine', ...options.scoring, normalisation: {} });
-  const files: Record<string, Uint8Array> = { 'model.onnx': fp32Bytes };
+  const files: Record<string, Uint8Array> = { 'model.onnx': fp32Bytes, [REFERENCE_FILE]: await referencePng(quality, options.width, options.height) };
 
   const calibrationShift = options.calibrationShift ?? 0;
   // Video: a stretch of time the user called normal, so no frame of it may score above the threshold.
@@ -201,6 +204,7 @@ export async function trainBundle(options: TrainBundleOptions): Promise<TrainBun
     },
     scoring,
     calibration,
+    quality: { ...quality.profile, reference: REFERENCE_FILE },
     training: {
       source,
       images: training.length,
