@@ -47,7 +47,7 @@ const ALL_CHECKS: FaultCheckSettings = {
   covered: { enabled: true },
   dark: { enabled: true },
   // Photographs are not a stream: there is no frame before each one to compare with.
-  frozen: { enabled: false, minChange: 0.02 },
+  frozen: { enabled: false },
   blur: { enabled: true },
   moved: { enabled: true },
 };
@@ -122,7 +122,7 @@ async function cpuPerFrame() {
     const { width, height, channels } = bundle.manifest.input;
     const frames = (await decodeVideoFrames(DEMO_VIDEO, { width, height, channels, fps: 10 })).map((frame) => toInterleavedBytes(frame));
     const tensors = await decodeVideoFrames(DEMO_VIDEO, { width, height, channels, fps: 10 });
-    const { rules } = faultRules({ ...ALL_CHECKS, frozen: { enabled: true, minChange: 0.02 } }, bundle.manifest.quality, { width, height });
+    const { rules } = faultRules({ ...ALL_CHECKS, frozen: { enabled: true } }, bundle.manifest.quality, { width, height });
     const meter = new QualityMeter(width, height, channels, bundle.sceneReference);
     const cpuMs = (usage: NodeJS.CpuUsage) => (usage.user + usage.system) / 1000;
     // Warm both paths up before measuring.

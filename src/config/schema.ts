@@ -218,7 +218,7 @@ const FaultChecksSchema = z
     frozen: z
       .object({
         enabled: checkSwitch('frozen-picture'),
-        minChange: z.number().min(0).default(0.02).describe('Mean grey-level change between analysed frames below which the picture counts as frozen (a live camera\'s noise alone moves it above this).'),
+        minChange: z.number().min(0).optional().describe('Mean grey-level change between analysed frames below which the picture counts as frozen. Default 0.02 (a live camera\'s noise alone moves it above this).'),
       })
       .strict()
       .prefault({}),

@@ -59,7 +59,7 @@ export interface FaultCheckSettings {
   covered: { enabled: boolean; maxFlatShare?: number | undefined };
   dark: { enabled: boolean; minBrightness?: number | undefined };
   bright: { enabled: boolean; maxBrightness?: number | undefined; maxClipped?: number | undefined };
-  frozen: { enabled: boolean; minChange: number };
+  frozen: { enabled: boolean; minChange?: number | undefined };
   blur: { enabled: boolean; minSharpness?: number | undefined };
   moved: { enabled: boolean; maxShift?: number | undefined };
 }
@@ -70,6 +70,8 @@ export const FAULT_DEFAULTS = {
   minBrightness: 25,
   maxBrightness: 230,
   maxClipped: 0.3,
+  /** Not learned: a live camera's noise alone changes the picture by more than this between frames. */
+  minChange: 0.02,
 } as const;
 
 /**
@@ -86,45 +88,35 @@ export function faultRules(
 ): { rules: FaultRule[]; unavailable: string[] } {
   const rules: FaultRule[] = [];
   const unavailable: string[] = [];
-  const pick = (configured: number | undefined, learned: number | undefined, fallback: number | undefined) =>
-    configured !== undefined
-      ? { value: configured, source: 'config' as const }
-      : learned !== undefined
-        ? { value: learned, source: 'learned' as const }
-        : fallback !== undefined
-          ? { value: fallback, source: 'default' as const }
-          : undefined;
-  const add = (kind: FaultKind, signal: FaultSignal, bound: 'min' | 'max', limit: ReturnType<typeof pick>, why: string) => {
-    if (limit === undefined) unavailable.push(`${kind}: ${why}`);
-    else rules.push({ kind, signal, [bound]: limit.value, source: limit.source });
+  /** The configured limit, else the learned one, else the fixed default. */
+  const add = (kind: FaultKind, signal: FaultSignal, bound: 'min' | 'max', configured: number | undefined, learned: number | undefined, fallback: number) => {
+    const [value, source] = configured !== undefined ? [configured, 'config' as const] : learned !== undefined ? [learned, 'learned' as const] : [fallback, 'default' as const];
+    rules.push({ kind, signal, [bound]: value, source });
   };
   const towardsTop = (max: number, top: number) => max + 0.5 * (top - max);
-  if (checks.covered.enabled) {
-    add('covered', 'flatShare', 'max', pick(checks.covered.maxFlatShare, profile && towardsTop(profile.flatShare.max, 1), FAULT_DEFAULTS.maxFlatShare), '');
+  const { bright, covered, dark, frozen, blur, moved } = checks;
+  if (bright.enabled) {
+    add('bright', 'brightness', 'max', bright.maxBrightness, profile && towardsTop(profile.brightness.max, 255), FAULT_DEFAULTS.maxBrightness);
+    add('bright', 'clipped', 'max', bright.maxClipped, profile && Math.min(1, profile.clipped.max + 0.25), FAULT_DEFAULTS.maxClipped);
   }
-  if (checks.dark.enabled) {
-    add('dark', 'brightness', 'min', pick(checks.dark.minBrightness, profile && (profile.brightness.min * 2) / 3, FAULT_DEFAULTS.minBrightness), '');
+  if (covered.enabled) add('covered', 'flatShare', 'max', covered.maxFlatShare, profile && towardsTop(profile.flatShare.max, 1), FAULT_DEFAULTS.maxFlatShare);
+  if (dark.enabled) add('dark', 'brightness', 'min', dark.minBrightness, profile && (profile.brightness.min * 2) / 3, FAULT_DEFAULTS.minBrightness);
+  if (frozen.enabled) add('frozen', 'change', 'min', frozen.minChange, undefined, FAULT_DEFAULTS.minChange);
+  // Sharpness depends on the scene: no fixed default can tell a plain scene from a blurred one.
+  const softest = profile && profile.sharpness.min * 0.4;
+  if (blur.enabled && blur.minSharpness === undefined && softest === undefined) {
+    unavailable.push('blur: the model bundle has no quality profile: set faults.checks.blur.minSharpness, or run `linewatch quality-profile`');
+  } else if (blur.enabled) {
+    add('blur', 'sharpness', 'min', blur.minSharpness, softest, Number.NaN);
   }
-  if (checks.bright.enabled) {
-    add('bright', 'brightness', 'max', pick(checks.bright.maxBrightness, profile && towardsTop(profile.brightness.max, 255), FAULT_DEFAULTS.maxBrightness), '');
-    add('bright', 'clipped', 'max', pick(checks.bright.maxClipped, profile && Math.min(1, profile.clipped.max + 0.25), FAULT_DEFAULTS.maxClipped), '');
-  }
-  if (checks.frozen.enabled) add('frozen', 'change', 'min', pick(checks.frozen.minChange, undefined, undefined), '');
-  if (checks.blur.enabled) {
-    add('blur', 'sharpness', 'min', pick(checks.blur.minSharpness, profile && profile.sharpness.min * 0.4, undefined), 'the model bundle has no quality profile: set faults.checks.blur.minSharpness, or run `linewatch quality-profile`');
-  }
-  if (checks.moved.enabled) {
-    const learned = profile?.shift && profile.reference ? Math.max((profile.shift.maxX + 2) / frame.width, (profile.shift.maxY + 2) / frame.height, 0.02) : undefined;
-    if (learned === undefined && checks.moved.maxShift === undefined) {
-      unavailable.push(
-        profile && !profile.shift
-          ? 'moved: the training frames do not share one view (separate photos), so there is no scene to compare with'
-          : 'moved: the model bundle has no scene reference: run `linewatch quality-profile` on normal footage of this camera',
-      );
-    } else if (!profile?.reference) {
-      unavailable.push('moved: faults.checks.moved.maxShift is set, but the model bundle has no scene reference: run `linewatch quality-profile` on normal footage of this camera');
+  if (moved.enabled) {
+    if (!profile?.reference) {
+      unavailable.push('moved: the model bundle has no scene reference to compare with: run `linewatch quality-profile` on normal footage of this camera');
+    } else if (!profile.shift && moved.maxShift === undefined) {
+      unavailable.push('moved: the training frames do not share one view (separate photos), so there is no scene to compare with');
     } else {
-      add('moved', 'shift', 'max', pick(checks.moved.maxShift, learned, undefined), '');
+      const learned = profile.shift && Math.max((profile.shift.maxX + 2) / frame.width, (profile.shift.maxY + 2) / frame.height, 0.02);
+      add('moved', 'shift', 'max', moved.maxShift, learned, Number.NaN);
     }
   }
   // Diagnosis order, whatever order they were added in.

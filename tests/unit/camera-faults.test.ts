@@ -32,7 +32,7 @@ const ALL_ON: FaultCheckSettings = {
   bright: { enabled: true },
   covered: { enabled: true },
   dark: { enabled: true },
-  frozen: { enabled: true, minChange: 0.02 },
+  frozen: { enabled: true },
   blur: { enabled: true },
   moved: { enabled: true },
 };
@@ -192,7 +192,7 @@ describe('fault rules', () => {
     expect(configured.rules.find((rule) => rule.kind === 'dark')).toMatchObject({ min: 40, source: 'config' });
     expect(configured.rules.some((rule) => rule.kind === 'moved')).toBe(false);
     const bare = faultRules(ALL_ON, undefined, FRAME);
-    expect(bare.rules.map((rule) => `${rule.kind}:${rule.source}`)).toEqual(['bright:default', 'bright:default', 'covered:default', 'dark:default', 'frozen:config']);
+    expect(bare.rules.map((rule) => `${rule.kind}:${rule.source}`)).toEqual(['bright:default', 'bright:default', 'covered:default', 'dark:default', 'frozen:default']);
     expect(bare.unavailable).toEqual([expect.stringMatching(/^blur: .*minSharpness/), expect.stringMatching(/^moved: .*quality-profile/)]);
     const explicit = faultRules({ ...ALL_ON, blur: { enabled: true, minSharpness: 0.05 } }, undefined, FRAME);
     expect(explicit.rules.find((rule) => rule.kind === 'blur')).toMatchObject({ min: 0.05, source: 'config' });

@@ -241,7 +241,7 @@ describe('defaults', () => {
             bright: { enabled: true },
             covered: { enabled: true },
             dark: { enabled: true },
-            frozen: { enabled: true, minChange: 0.02 },
+            frozen: { enabled: true },
             blur: { enabled: true },
             moved: { enabled: true },
           },
