@@ -97,12 +97,27 @@ class ReplayFactory(GstRtspServer.RTSPMediaFactory):
         appsrc.connect("need-data", on_need_data)
 
 
+def require_login(server, factory, user, password):
+    """Basic authentication, as IP cameras ask for it: without the user and password, 401."""
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string(GstRtspServer.RTSP_TOKEN_MEDIA_FACTORY_ROLE, "viewer")
+    auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+    server.set_auth(auth)
+    permissions = GstRtspServer.RTSPPermissions()
+    permissions.add_role_from_structure(Gst.Structure.new_from_string(
+        "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"))
+    factory.set_permissions(permissions)
+
+
 def main():
     parser = argparse.ArgumentParser(description="Serve an H.264 MP4 file over RTSP.")
     parser.add_argument("--file", required=True, help="H.264 MP4/MOV file to serve")
     parser.add_argument("--port", type=int, default=8554)
     parser.add_argument("--path", default="stream", help="mount path, without the leading slash")
     parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--user", help="require RTSP basic authentication with this user (and --password)")
+    parser.add_argument("--password", default="")
     loop_group = parser.add_mutually_exclusive_group()
     loop_group.add_argument("--loop", dest="loop", action="store_true", default=True,
                             help="restart the file at its end so the stream never ends (default)")
@@ -120,8 +135,10 @@ def main():
     server = GstRtspServer.RTSPServer()
     server.set_address(args.address)
     server.set_service(str(args.port))
-    server.get_mount_points().add_factory("/" + args.path.lstrip("/"),
-                                          ReplayFactory(caps, units, loop_duration, args.loop))
+    factory = ReplayFactory(caps, units, loop_duration, args.loop)
+    if args.user:
+        require_login(server, factory, args.user, args.password)
+    server.get_mount_points().add_factory("/" + args.path.lstrip("/"), factory)
     if server.attach(None) == 0:
         print(f"error: cannot listen on {args.address}:{args.port} (port in use?)", file=sys.stderr, flush=True)
         return 1

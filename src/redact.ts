@@ -13,8 +13,10 @@ export const SECRET_MASK = '***';
  * the authority (a password may itself hold `@`). The whole userinfo goes, not just
  * the password: a lone `token@host` is as secret as `user:pw@host`. One or three
  * slashes too, since a mistyped `rtsp:/user:pw@cam` still shows up in error messages.
+ * An apostrophe is a legal userinfo character (ffmpeg quotes such a URL as 'rtsp://u:it's@cam'),
+ * so it does not end the userinfo; a double quote or angle bracket does.
  */
-const USERINFO = /([a-z][a-z0-9+.-]*:\/{1,3})[^\s/?#'"<>]*@/gi;
+const USERINFO = /([a-z][a-z0-9+.-]*:\/{1,3})[^\s/?#"<>]*@/gi;
 
 /**
  * `name=value` after `?`, `&`, `;`, whitespace or the start: query strings, and the same shape in free text.

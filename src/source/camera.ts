@@ -1,11 +1,11 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 
 import { systemClock, type Clock, type Timer } from '../clock.js';
 import { UsageError } from '../errors.js';
 import { DEFAULT_BACKOFF, backoffDelayMs, type BackoffOptions } from './backoff.js';
-import { buildFfmpegArgs, channelsOf, classifyInput, frameByteLength, PREVIEW_FD, type FfmpegArgsOptions } from './ffmpeg-args.js';
+import { buildFfmpegArgs, channelsOf, classifyInput, frameByteLength, INPUT_SCRIPT_FD, inputScript, PREVIEW_FD, type FfmpegArgsOptions } from './ffmpeg-args.js';
 import { failureDetail, LineRing, scrubCredentials, SourceSizeParser, type SourceSize } from './ffmpeg-log.js';
 import { FixedSizeFramer, JpegSplitter } from './frame-reader.js';
 import { FrameQueue, type OverflowPolicy } from './frame-queue.js';
@@ -176,6 +176,8 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
 
   private readonly options: CameraSourceOptions;
   private args: string[];
+  /** The input script ffmpeg reads on INPUT_SCRIPT_FD (a camera URL with a password), or undefined. */
+  private inputScript: string | undefined;
   private readonly ffmpegPath: string;
   private readonly stallTimeoutMs: number;
   private readonly startTimeoutMs: number;
@@ -218,6 +220,7 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     this.options = options;
     this.id = options.id;
     this.args = buildFfmpegArgs(options);
+    this.inputScript = inputScript(options);
     this.width = options.width;
     this.height = options.height;
     this.channels = channelsOf(options.pixelFormat ?? 'gray');
@@ -242,7 +245,10 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     }
     this.queue = new FrameQueue<Frame>(positiveOption(options, 'queueCapacity', DEFAULT_QUEUE_CAPACITY, true), options.overflow ?? 'drop-oldest');
     this.framer = new FixedSizeFramer(this.frameBytes);
-    this.stderrRing = new LineRing(positiveOption(options, 'stderrLines', 50, true));
+    // A URL with a password reaches ffmpeg on a pipe, so its messages name `pipe:4`: the log and the
+    // status reason say which camera URL (masked) instead.
+    const inputPipe = `pipe:${INPUT_SCRIPT_FD}`;
+    this.stderrRing = new LineRing(positiveOption(options, 'stderrLines', 50, true), (line) => line.replaceAll(inputPipe, scrubCredentials(options.url)));
     this.log = options.log ?? (() => {});
     this.random = options.random ?? Math.random;
     this.clock = options.clock ?? systemClock;
@@ -289,7 +295,10 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     const generation = ++this.generation;
     if (this.options.ffmpegMajorVersion === undefined) {
       const major = await detectFfmpegMajorVersion(this.ffmpegPath);
-      if (major !== undefined) this.args = buildFfmpegArgs({ ...this.options, ffmpegMajorVersion: major });
+      if (major !== undefined) {
+        this.args = buildFfmpegArgs({ ...this.options, ffmpegMajorVersion: major });
+        this.inputScript = inputScript({ ...this.options, ffmpegMajorVersion: major });
+      }
       // stop() (and maybe another start()) came while probing: that call owns the camera now.
       if (generation !== this.generation) return;
     }
@@ -366,7 +375,8 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     this.jpegs.reset();
     let child: ChildProcess;
     try {
-      child = spawn(this.ffmpegPath, this.args, { stdio: ['ignore', 'pipe', 'pipe', this.previewEnabled ? 'pipe' : 'ignore'] });
+      const script = this.inputScript === undefined ? [] : ['pipe' as const];
+      child = spawn(this.ffmpegPath, this.args, { stdio: ['ignore', 'pipe', 'pipe', this.previewEnabled ? 'pipe' : 'ignore', ...script] });
     } catch (error) {
       this.scheduleRestart(`cannot start ffmpeg '${this.ffmpegPath}': ${errorText(error)}`);
       return;
@@ -394,6 +404,11 @@ export class CameraSource extends EventEmitter<CameraSourceEvents> {
     const previewPipe = child.stdio[PREVIEW_FD] as Readable | null | undefined;
     previewPipe?.on('data', (chunk: Buffer) => this.onPreviewBytes(run, chunk));
     for (const stream of [child.stdout, child.stderr, previewPipe]) stream?.on('error', () => {});
+    if (this.inputScript !== undefined) {
+      const scriptPipe = child.stdio[INPUT_SCRIPT_FD] as Writable | null | undefined;
+      scriptPipe?.on('error', () => {});
+      scriptPipe?.end(this.inputScript);
+    }
 
     if (child.pid !== undefined) {
       trackChild(child);

@@ -84,6 +84,10 @@ export interface FfmpegArgsOptions {
 export const FRAME_SCALE_FLAGS = 'area';
 export const DEFAULT_IO_TIMEOUT_MS = 5000;
 export const PREVIEW_FD = 3;
+/** The pipe on which ffmpeg reads the input script of a camera URL with a password (see inputScript). */
+export const INPUT_SCRIPT_FD = 4;
+/** What the concat demuxer may open: the script's pipe and everything an RTSP(S) stream needs. */
+const SCRIPT_PROTOCOLS = 'pipe,rtsp,rtsps,rtp,srtp,udp,tcp,tls,crypto';
 
 export function channelsOf(pixelFormat: PixelFormat): 1 | 3 {
   return pixelFormat === 'gray' ? 1 : 3;
@@ -137,9 +141,14 @@ export function buildFfmpegArgs(options: FfmpegArgsOptions): string[] {
   args.push(...hwaccelArgs(options), ...decoderArgs(options));
   if (options.decodeThreads !== undefined) args.push('-threads', String(options.decodeThreads));
   if (options.keyframesOnly === true) args.push('-skip_frame', 'nokey');
-  args.push(...inputKindArgs(kind, options));
-  args.push(...(options.inputArgs ?? []));
-  args.push('-i', kind === 'file' ? options.url.replace(/^file:\/\//i, '') : options.url);
+  if (inputScript(options) === undefined) {
+    args.push(...inputKindArgs(kind, options));
+    args.push(...(options.inputArgs ?? []));
+    args.push('-i', kind === 'file' ? options.url.replace(/^file:\/\//i, '') : options.url);
+  } else {
+    // The URL and its RTSP options come in on INPUT_SCRIPT_FD: nothing secret on the command line.
+    args.push('-f', 'concat', '-safe', '0', '-protocol_whitelist', SCRIPT_PROTOCOLS, ...(options.inputArgs ?? []), '-i', `pipe:${INPUT_SCRIPT_FD}`);
+  }
 
   const frameFilter = buildFrameFilter(options);
   const preview = options.preview === false || options.preview === undefined ? undefined : options.preview;
@@ -165,6 +174,36 @@ export function buildFfmpegArgs(options: FfmpegArgsOptions): string[] {
     );
   }
   return args;
+}
+
+/**
+ * The input script for an RTSP URL with a password, or undefined for any other source. On ffmpeg's
+ * command line the password would be readable by every local user (`ps`, /proc/<pid>/cmdline; the
+ * unit's ProtectProc= hides other processes from the service, not the service from others), and
+ * ffmpeg 5's RTSP demuxer takes credentials only in the URL. So the URL goes into a one-file
+ * ffconcat script that ffmpeg reads from a pipe (never a file on disk), with the RTSP options as
+ * `option` lines, which the concat demuxer applies when it opens the stream.
+ */
+export function inputScript(options: FfmpegArgsOptions): string | undefined {
+  if (classifyInput(options.url) !== 'rtsp' || (options.ffmpegMajorVersion ?? 5) < 5 || !hasPassword(options.url)) return undefined;
+  if (/[\r\n]/.test(options.url)) throw new UsageError(`camera source ${scrubSecrets(options.url)}: the URL contains a line break`, { hint: 'remove it from the url' });
+  const [, transport, timeoutFlag, timeoutUs] = inputKindArgs('rtsp', options);
+  return [
+    'ffconcat version 1.0',
+    // ffconcat quoting: inside '...', a quote is written '\''.
+    `file '${options.url.replace(/'/g, "'\\''")}'`,
+    `option rtsp_transport ${transport}`,
+    `option ${timeoutFlag!.slice(1)} ${timeoutUs}`,
+    '',
+  ].join('\n');
+}
+
+function hasPassword(url: string): boolean {
+  try {
+    return new URL(url).password !== '';
+  } catch {
+    return false;
+  }
 }
 
 function hwaccelArgs(options: FfmpegArgsOptions): string[] {

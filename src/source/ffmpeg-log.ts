@@ -17,7 +17,11 @@ export class LineRing {
   private readonly ring: string[] = [];
   private partial = '';
 
-  constructor(readonly capacity: number = 50) {}
+  /** `rewrite` runs on each line before it is scrubbed (it may put a URL back where ffmpeg names its input pipe). */
+  constructor(
+    readonly capacity: number = 50,
+    private readonly rewrite: (line: string) => string = (line) => line,
+  ) {}
 
   /** Adds a chunk; returns the lines it completed (already scrubbed). ffmpeg ends progress lines with \r. */
   push(chunk: string): string[] {
@@ -26,7 +30,7 @@ export class LineRing {
     const completed: string[] = [];
     for (const part of parts) {
       if (part.trim() === '') continue;
-      const line = scrubSecrets(part);
+      const line = scrubSecrets(this.rewrite(part));
       completed.push(line);
       this.ring.push(line);
       if (this.ring.length > this.capacity) this.ring.shift();

@@ -25,6 +25,8 @@ export interface RtspServerOptions {
   loop?: boolean;
   /** How long to wait for "ready" (default 15000 ms). */
   readyTimeoutMs?: number;
+  /** Require RTSP basic authentication with this user and password, as IP cameras do. */
+  login?: { user: string; password: string };
 }
 
 const SCRIPT = fileURLToPath(new URL('../../scripts/rtsp-server.py', import.meta.url));
@@ -51,6 +53,7 @@ export async function startRtspServer(options: RtspServerOptions): Promise<RtspS
   const port = options.port ?? (await freePort());
   const path = options.path ?? 'stream';
   const args = [SCRIPT, '--file', options.file, '--port', String(port), '--path', path, options.loop === false ? '--no-loop' : '--loop'];
+  if (options.login) args.push('--user', options.login.user, '--password', options.login.password);
   const child = spawn(PYTHON, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
   let stderr = '';

@@ -9,6 +9,8 @@ describe('scrubSecrets', () => {
     // A password holding @ and : must go entirely, not up to its first @.
     ['rtsp://viewer:pa:ss@word@192.168.1.64:554/s', 'rtsp://***@192.168.1.64:554/s'],
     ['rtsps://tokenonly@cam/x', 'rtsps://***@cam/x'],
+    // An apostrophe is legal in userinfo, and ffmpeg quotes the URL with apostrophes.
+    ["'rtsp://op:it's@cam/s'", "'rtsp://***@cam/s'"],
     ['mqtts://user:pw@broker:8883', 'mqtts://***@broker:8883'],
     ['wss://user:pw@broker/mqtt', 'wss://***@broker/mqtt'],
     ['srt://u:p@host:9000', 'srt://***@host:9000'],

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { UsageError } from '../../src/errors.js';
 import { backoffDelayMs, DEFAULT_BACKOFF } from '../../src/source/backoff.js';
-import { buildFfmpegArgs, buildFrameFilter, classifyInput, frameByteLength, rateCapFilter } from '../../src/source/ffmpeg-args.js';
+import { buildFfmpegArgs, buildFrameFilter, classifyInput, frameByteLength, inputScript, rateCapFilter } from '../../src/source/ffmpeg-args.js';
 import { failureDetail, LineRing, scrubCredentials, SourceSizeParser, stripLogPrefixes } from '../../src/source/ffmpeg-log.js';
 import { FrameQueue } from '../../src/source/frame-queue.js';
 import { FixedSizeFramer, JpegSplitter } from '../../src/source/frame-reader.js';
@@ -55,6 +55,22 @@ describe('buildFfmpegArgs', () => {
     expect(args).not.toContain('-timeout');
     expect(valueOf(args, '-vsync')).toBe('passthrough');
     expect(args).not.toContain('-fps_mode');
+  });
+
+  it('RTSP with a password: the URL and its options go to a concat script on pipe:4, nothing secret on the command line', () => {
+    const url = "rtsp://op:it's%20secret@cam/1";
+    const options = { ...base, url, rtspTransport: 'udp' as const, ioTimeoutMs: 3000, inputArgs: ['-fflags', 'nobuffer'] };
+    const args = buildFfmpegArgs(options);
+    expect(args.join(' ')).not.toContain('secret');
+    expect(args.slice(args.indexOf('-f'), args.indexOf('-i') + 2)).toEqual(['-f', 'concat', '-safe', '0', '-protocol_whitelist', 'pipe,rtsp,rtsps,rtp,srtp,udp,tcp,tls,crypto', '-fflags', 'nobuffer', '-i', 'pipe:4']);
+    expect(args).not.toContain('-rtsp_transport');
+    expect(inputScript(options)).toBe(["ffconcat version 1.0", "file 'rtsp://op:it'\\''s%20secret@cam/1'", 'option rtsp_transport udp', 'option timeout 3000000', ''].join('\n'));
+    // A user alone, another kind of source, or an ffmpeg without -timeout for RTSP: the URL stays on the command line.
+    for (const plain of [{ ...base, url: 'rtsp://op@cam/1' }, { ...base, url: 'http://op:pw@cam/mjpeg' }, { ...base, url: 'rtsp://op:pw@cam/1', ffmpegMajorVersion: 4 }]) {
+      expect(inputScript(plain)).toBeUndefined();
+      expect(valueOf(buildFfmpegArgs(plain), '-i')).toBe(plain.url);
+    }
+    expect(() => inputScript({ ...base, url: 'rtsp://op:pw@cam/1\nfile /etc/passwd' })).toThrow(UsageError);
   });
 
   it('file: as fast as possible by default; -re and -stream_loop -1 on request, before -i', () => {
