@@ -40,3 +40,13 @@ export function parseRange(value: string): [number, number] {
   if (parts.length !== 2) throw new InvalidArgumentError(`"${value}" is not a range: use min,max, e.g. 0.2,1.`);
   return [parts[0]!, parts[1]!];
 }
+
+/** "0.25,0,0.5,1": a crop as fractions x,y,width,height of the frame, as a camera's `crop`. */
+export function parseCrop(value: string): { x: number; y: number; width: number; height: number } {
+  const parts = value.split(',').map((part) => parseNumber(part.trim()));
+  const [x, y, width, height] = parts;
+  if (parts.length !== 4 || !parts.every((part) => part >= 0 && part <= 1) || !(width! > 0 && height! > 0) || x! + width! > 1 + 1e-9 || y! + height! > 1 + 1e-9) {
+    throw new InvalidArgumentError(`"${value}" is not a crop: use x,y,width,height as fractions of the frame, e.g. 0.25,0,0.5,1.`);
+  }
+  return { x: x!, y: y!, width: width!, height: height! };
+}

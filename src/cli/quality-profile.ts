@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { parseNumber } from './options.js';
+import { parseCrop, parseNumber } from './options.js';
 
 interface QualityProfileFlags {
   model: string;
@@ -8,6 +8,7 @@ interface QualityProfileFlags {
   start?: number;
   duration?: number;
   fps: number;
+  crop?: { x: number; y: number; width: number; height: number };
   ffmpeg: string;
 }
 
@@ -22,6 +23,7 @@ export function registerQualityProfile(program: Command): void {
     .option('--start <s>', 'seconds into the video to start at', parseNumber)
     .option('--duration <s>', 'seconds of video to use (default: all of it)', parseNumber)
     .option('--fps <n>', 'frames per second taken from the video', parseNumber, 10)
+    .option('--crop <x,y,w,h>', "the camera's crop, fractions of the video frame (as in its config): the profile must see what the model sees", parseCrop)
     .option('--images <dir|list...>', 'normal images instead of a video (folders or list files)')
     .option('--ffmpeg <path>', 'ffmpeg binary', 'ffmpeg')
     .action(async (flags: QualityProfileFlags) => {

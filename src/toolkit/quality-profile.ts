@@ -105,6 +105,8 @@ export interface ProfileBundleOptions {
   start?: number;
   duration?: number;
   fps?: number;
+  /** The camera's crop (fractions of the video frame), so the profile sees what the model sees. */
+  crop?: { x: number; y: number; width: number; height: number };
   /** ... or folders / list files of normal images. */
   images?: readonly string[];
   ffmpegPath?: string;
@@ -123,7 +125,16 @@ export async function profileBundle(options: ProfileBundleOptions): Promise<{ ma
   }
   let frames: ImageTensor[];
   if (options.video) {
-    frames = await decodeVideoFrames(options.video, { width, height, channels, start: options.start, duration: options.duration, fps: options.fps ?? 10, ffmpegPath: options.ffmpegPath });
+    frames = await decodeVideoFrames(options.video, {
+      width,
+      height,
+      channels,
+      start: options.start,
+      duration: options.duration,
+      fps: options.fps ?? 10,
+      cropFraction: options.crop,
+      ffmpegPath: options.ffmpegPath,
+    });
   } else {
     const paths = [...new Set((await Promise.all(options.images!.map((spec) => resolveImageList(spec)))).flat())];
     frames = (await loadImages(paths, { width, height, channels })).images;
