@@ -1,8 +1,10 @@
 import { systemClock, type Clock } from '../clock.js';
-import { normaliseInput } from '../image/normalise.js';
+import { normaliseInput, standardisedBytes } from '../image/normalise.js';
 import { fromInterleavedBytes, type ImageTensor } from '../image/tensor.js';
 import type { LoadedBundle } from '../model/bundle.js';
 import { inferImages } from '../model/infer.js';
+import { OnnxMapBlur } from '../model/onnx.js';
+import { gaussianKernel } from '../scoring/maps.js';
 import type { FrameScore } from '../scoring/frame.js';
 import type { Frame } from '../source/index.js';
 
@@ -153,10 +155,11 @@ export class InferenceScheduler {
         continue;
       }
       const seconds = outputs.inferenceMs / 1000 / group.length;
+      const blurred = await blurredMaps(bundle, outputs.map);
       group.forEach(({ camera, frame }, i) => {
         let score: FrameScore;
         try {
-          score = bundle.scorer.score(images[i]!, outputs.recon[i]!, outputs.mu[i]!, camera.ignoreMask, outputs.map?.[i]);
+          score = bundle.scorer.score(images[i]!, outputs.recon[i]!, outputs.mu[i]!, camera.ignoreMask, outputs.map?.[i], blurred?.[i]);
         } catch (error) {
           camera.failed(frame, error as Error);
           return;
@@ -178,8 +181,46 @@ export class InferenceScheduler {
   }
 }
 
+/** Map blurs by size and sigma (a handful at most: one per model input size and blur setting). */
+const mapBlurs = new Map<string, Promise<OnnxMapBlur | undefined>>();
+
+/**
+ * The comparator maps of a batch turned into blurred probabilities by onnxruntime (OnnxMapBlur), for
+ * FrameScorer.score; undefined where the bundle's scoring does not take them, or the blur cannot run,
+ * and the scorer then computes them in JS as before.
+ */
+async function blurredMaps(bundle: LoadedBundle, maps: readonly Float32Array[] | undefined): Promise<Float32Array[] | undefined> {
+  if (maps === undefined || maps.length === 0 || typeof bundle.scorer.takesBlurredMap !== 'function') return undefined;
+  const { width, height } = bundle.manifest.input;
+  const sigma = bundle.scorer.settings.blurSigma;
+  if (!bundle.scorer.takesBlurredMap(width, height, maps[0]!)) return undefined;
+  const key = `${width}x${height}@${sigma}`;
+  let blur = mapBlurs.get(key);
+  if (blur === undefined) {
+    blur = OnnxMapBlur.create(width, height, gaussianKernel(sigma, Math.ceil(3 * sigma))).catch(() => undefined);
+    mapBlurs.set(key, blur);
+  }
+  const ready = await blur;
+  if (ready === undefined) return undefined;
+  const plane = width * height;
+  let packed: Float32Array;
+  if (maps.length === 1) {
+    packed = maps[0]!;
+  } else {
+    packed = new Float32Array(plane * maps.length);
+    maps.forEach((map, i) => packed.set(map, i * plane));
+  }
+  try {
+    const out = await ready.run(packed, maps.length);
+    return maps.map((_, i) => out.subarray(i * plane, (i + 1) * plane));
+  } catch {
+    return undefined;
+  }
+}
+
 /** The model input for a raw frame: bytes to a CHW float tensor, normalised as the bundle was trained. */
 export function tensorOf(bundle: LoadedBundle, frame: Frame): ImageTensor {
   const { input } = bundle.manifest;
+  if (input.normalisation === 'standardise') return standardisedBytes(frame.data, input.width, input.height, input.channels);
   return normaliseInput(fromInterleavedBytes(frame.data, input.width, input.height, input.channels), input.normalisation);
 }

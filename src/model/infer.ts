@@ -19,12 +19,22 @@ export async function inferImages(model: InferenceModel, images: readonly ImageT
   for (let start = 0; start < images.length; start += batchSize) {
     const batch = images.slice(start, start + batchSize);
     const size = batch[0]!.data.length;
-    const input = new Float32Array(size * batch.length);
-    batch.forEach((image, i) => input.set(image.data, i * size));
+    // One image (the agent's usual round): its tensor is the input as it is, no packed copy.
+    const single = batch.length === 1 && batch[0]!.data.length === size;
+    const input = single ? batch[0]!.data : new Float32Array(size * batch.length);
+    if (!single) batch.forEach((image, i) => input.set(image.data, i * size));
     const began = performance.now();
     const out = await model.run(input, batch.length);
     inferenceMs += performance.now() - began;
     const latentDim = out.mu.length / batch.length;
+    // The runtime hands out fresh output arrays on every run: one image takes them as they are, a batch is split
+    // into copies (a view would keep the whole batch's output alive for as long as any one image's is kept).
+    if (batch.length === 1) {
+      recon.push(out.recon);
+      mu.push(out.mu);
+      if (out.map) map.push(out.map);
+      continue;
+    }
     for (let i = 0; i < batch.length; i++) {
       recon.push(out.recon.slice(i * size, (i + 1) * size));
       mu.push(out.mu.slice(i * latentDim, (i + 1) * latentDim));

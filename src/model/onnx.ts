@@ -277,6 +277,95 @@ export class OnnxModel implements InferenceModel {
   }
 }
 
+/**
+ * The comparator map's post-processing run by onnxruntime: sigmoid, then a separable blur with replicated edges
+ * (Pad mode edge + a 1xT and a Tx1 convolution), on `count` maps of height x width logits. What FrameScorer
+ * does in JS for error map "comparator" (probabilities, then gaussianBlur), in float32: the same within float32
+ * rounding, at a fraction of the CPU (tests/unit/scoring-fast.test.ts).
+ */
+export class OnnxMapBlur {
+  private constructor(
+    private session: ort.InferenceSession | undefined,
+    readonly width: number,
+    readonly height: number,
+  ) {}
+
+  /** `kernel`: the normalised 1-D kernel (odd length), e.g. gaussianKernel(sigma, ceil(3 sigma)). */
+  static async create(width: number, height: number, kernel: Float64Array, options: { threads?: number } = {}): Promise<OnnxMapBlur> {
+    if (kernel.length % 2 !== 1) throw new RangeError(`the blur kernel needs an odd number of taps, got ${kernel.length}`);
+    const floatTensor = (name: string, dims: number[], values: ArrayLike<number>) => {
+      const bytes = new Uint8Array(values.length * 4);
+      const view = new DataView(bytes.buffer);
+      for (let i = 0; i < values.length; i++) view.setFloat32(i * 4, values[i]!, true);
+      return { name, dims, dataType: onnx.TensorProto.DataType.FLOAT, rawData: bytes };
+    };
+    const valueInfo = (name: string, dims: Array<number | string>) => ({
+      name,
+      type: { tensorType: { elemType: onnx.TensorProto.DataType.FLOAT, shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) } } },
+    });
+    // Each pass as a matrix product, the replicated edge folded in: blurred = V . P . H, where H[x'][x] (and V[y][y'])
+    // sums the weights of the taps of output x that land on input x' once clamped into the image.
+    const horizontal = blurMatrix(width, kernel, false);
+    const vertical = blurMatrix(height, kernel, true);
+    const model = onnx.ModelProto.create({
+      irVersion: 7,
+      opsetImport: [{ domain: '', version: 13 }],
+      producerName: 'linewatch',
+      graph: {
+        name: 'linewatch_map_blur',
+        node: [
+          { opType: 'Sigmoid', name: 'probabilities', input: ['logits'], output: ['probabilities'] },
+          { opType: 'MatMul', name: 'rows', input: ['probabilities', 'horizontal'], output: ['rows'] },
+          { opType: 'MatMul', name: 'columns', input: ['vertical', 'rows'], output: ['blurred'] },
+        ],
+        initializer: [floatTensor('horizontal', [width, width], horizontal), floatTensor('vertical', [height, height], vertical)],
+        input: [valueInfo('logits', ['batch', 1, height, width])],
+        output: [valueInfo('blurred', ['batch', 1, height, width])],
+      },
+    });
+    const session = await ort.InferenceSession.create(onnx.ModelProto.encode(model).finish(), {
+      executionProviders: ['cpu'],
+      graphOptimizationLevel: 'all',
+      executionMode: 'sequential',
+      logSeverityLevel: 3,
+      intraOpNumThreads: options.threads ?? 1,
+    });
+    return new OnnxMapBlur(session, width, height);
+  }
+
+  /** Blurred probabilities of `count` maps packed one after another; a fresh array. */
+  async run(logits: Float32Array, count: number): Promise<Float32Array> {
+    if (!this.session) throw new Error('the map blur was disposed');
+    if (logits.length !== count * this.width * this.height) {
+      throw new RangeError(`got ${logits.length} logits, expected ${count} map(s) of ${this.width}x${this.height}`);
+    }
+    const result = await this.session.run({ logits: new ort.Tensor('float32', logits, [count, 1, this.height, this.width]) });
+    return floatOutput(result, 'blurred');
+  }
+
+  async dispose(): Promise<void> {
+    const session = this.session;
+    this.session = undefined;
+    await session?.release();
+  }
+}
+
+/**
+ * One pass of a clamped-edge 1-D convolution as an n x n matrix: for the row pass (transposed = false)
+ * M[input][output], to multiply rows from the right; for the column pass (transposed) M[output][input], from the left.
+ */
+function blurMatrix(n: number, kernel: Float64Array, transposed: boolean): Float64Array {
+  const r = (kernel.length - 1) >> 1;
+  const matrix = new Float64Array(n * n);
+  for (let out = 0; out < n; out++) {
+    for (let k = -r; k <= r; k++) {
+      const input = Math.min(n - 1, Math.max(0, out + k));
+      matrix[transposed ? out * n + input : input * n + out]! += kernel[k + r]!;
+    }
+  }
+  return matrix;
+}
+
 export interface ImageBatch {
   /** `count` images packed NCHW. */
   readonly input: Float32Array;

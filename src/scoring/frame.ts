@@ -2,7 +2,7 @@ import { ModelError } from '../errors.js';
 import type { ImageTensor } from '../image/tensor.js';
 import type { ScoringSettings } from './settings.js';
 import { latentNovelty } from './latent.js';
-import { gaussianBlur, ignoredPixels, pool, squaredErrorMap, ssimErrorMap, zeroIgnored } from './maps.js';
+import { gaussianBlur, ignoredPixels, pool, squaredErrorMap, ssimErrorMap, zeroIgnored, type BlurWork } from './maps.js';
 
 export interface FrameScore {
   /** What thresholds and events use: the z-score(s) selected by `settings.scorer`. */
@@ -71,6 +71,10 @@ export class FrameScorer {
   private readonly latentWhitening: { mean: Float64Array; scale: Float32Array } | undefined;
   /** Keyed by mask identity: callers pass the same, unchanged mask array for every frame of a camera. */
   private borderCache?: { width: number; height: number; mask?: Uint8Array; ignored: Uint8Array };
+  /** Per-frame intermediate planes, reused: score() is synchronous and hands out only fresh arrays. */
+  private readonly blurWork: BlurWork = {};
+  private probabilityBuffer: Float32Array | undefined;
+  private poolBuffer: Float32Array | undefined;
 
   constructor(settings: ScoringSettings, memory: Float32Array, latentDim: number) {
     if (memory.length % latentDim !== 0) {
@@ -122,16 +126,28 @@ export class FrameScorer {
   /**
    * `recon` is this image's reconstruction (CHW, same size as `input`), `mu` its latent
    * mean (first `latentDim` values are used). `ignoreMask` (1 = ignore) is at model resolution.
+   * `blurredMap`: the comparator map already turned into probabilities and blurred (OnnxMapBlur), used
+   * instead of computing both here when takesBlurredMap() says it may be.
    */
-  score(input: ImageTensor, recon: Float32Array, mu: Float32Array, ignoreMask?: Uint8Array, learnedMap?: Float32Array): FrameScore {
+  score(input: ImageTensor, recon: Float32Array, mu: Float32Array, ignoreMask?: Uint8Array, learnedMap?: Float32Array, blurredMap?: Float32Array): FrameScore {
     const s = this.settings;
     const { width, height } = input;
-    const raw = this.errorMap(input, recon, learnedMap);
-    const blurred = gaussianBlur(raw, width, height, s.blurSigma);
+    const blurred = blurredMap !== undefined && this.takesBlurredMap(width, height, blurredMap)
+      ? blurredMap
+      : gaussianBlur(this.errorMap(input, recon, learnedMap), width, height, s.blurSigma, this.blurWork);
     const ignored = this.ignored(width, height, ignoreMask);
-    const reconScore = pool(blurred, s.pooling, s.topkFraction, ignored);
+    if (this.poolBuffer?.length !== blurred.length) this.poolBuffer = new Float32Array(blurred.length);
+    const reconScore = pool(blurred, s.pooling, s.topkFraction, ignored, this.poolBuffer);
     const latent = this.hasLatentMemory ? latentNovelty(this.toLatentSpace(mu), this.memory, this.latentDim, s.latentK) : Number.NaN;
     return { score: this.combine(reconScore, latent), recon: reconScore, latent, map: zeroIgnored(blurred, ignored) };
+  }
+
+  /**
+   * Whether a map blurred elsewhere may stand in for errorMap + gaussianBlur: only for the comparator map (whose
+   * post-processing, sigmoid then blur, OnnxMapBlur computes with the same kernel), and only at the image's size.
+   */
+  takesBlurredMap(width: number, height: number, blurredMap: Float32Array): boolean {
+    return this.settings.errorMap === 'comparator' && this.settings.blurSigma > 0 && blurredMap.length === width * height;
   }
 
   private errorMap(input: ImageTensor, recon: Float32Array, learnedMap: Float32Array | undefined): Float32Array {
@@ -143,7 +159,8 @@ export class FrameScorer {
         hint: 'the bundle\'s scoring says "comparator" but its model has no anomaly_map output: retrain it with this linewatch',
       });
     }
-    return probabilities(learnedMap);
+    if (this.probabilityBuffer?.length !== learnedMap.length) this.probabilityBuffer = new Float32Array(learnedMap.length);
+    return probabilities(learnedMap, input.width, this.probabilityBuffer);
   }
 
   /** The frame score from its two raw components, per `settings.scorer` and `settings.normalisation`. */
@@ -164,10 +181,33 @@ export class FrameScorer {
  * The comparator's logits as defect probabilities: averaged (blurred) in this space, a small
  * confident spot is not cancelled by very negative logits around it (DRAEM pools softmax outputs too).
  */
-function probabilities(logits: Float32Array): Float32Array {
-  const out = new Float32Array(logits.length);
-  for (let i = 0; i < logits.length; i++) out[i] = 1 / (1 + Math.exp(-logits[i]!));
+export function probabilities(logits: Float32Array, width: number, out: Float32Array = new Float32Array(logits.length)): Float32Array {
+  // The comparator's map is upsampled from half resolution: values come in 2x2 blocks, so a value equal to the
+  // previous one and a row equal to the one above are copied rather than recomputed (the same values exactly).
+  let last = Number.NaN;
+  let lastProbability = Number.NaN;
+  for (let row = 0; row < logits.length; row += width) {
+    if (row > 0 && sameValues(logits, row - width, row, width)) {
+      out.copyWithin(row, row - width, row);
+      continue;
+    }
+    const end = Math.min(row + width, logits.length);
+    for (let i = row; i < end; i++) {
+      const logit = logits[i]!;
+      if (logit !== last) {
+        last = logit;
+        lastProbability = 1 / (1 + Math.exp(-logit));
+      }
+      out[i] = lastProbability;
+    }
+  }
   return out;
+}
+
+function sameValues(values: Float32Array, a: number, b: number, count: number): boolean {
+  if (b + count > values.length) return false;
+  for (let i = 0; i < count; i++) if (values[a + i] !== values[b + i]) return false;
+  return true;
 }
 
 /**

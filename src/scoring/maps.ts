@@ -107,12 +107,31 @@ export function ssimErrorMap(input: ImageTensor, recon: Float32Array, window = 1
   return map;
 }
 
-/** Separable Gaussian blur with replicated edges; sigma 0 returns a copy. */
-export function gaussianBlur(map: Float32Array, width: number, height: number, sigma: number): Float32Array {
+/** Reusable buffers for gaussianBlur, so that a caller blurring every frame allocates nothing per frame. */
+export interface BlurWork {
+  scratch?: Float32Array;
+  out?: Float32Array;
+  row?: Float64Array;
+}
+
+/**
+ * Separable Gaussian blur with replicated edges; sigma 0 returns a copy. With `work`, the result and the
+ * intermediate plane are its (grown as needed) buffers: the result is then overwritten by the next call.
+ */
+export function gaussianBlur(map: Float32Array, width: number, height: number, sigma: number, work?: BlurWork): Float32Array {
   checkMap(map, width, height);
   if (sigma <= 0) return map.slice();
-  const kernel = gaussianKernel(sigma, Math.ceil(3 * sigma));
-  return convolveSeparable(map, width, height, kernel, new Float32Array(map.length), new Float32Array(map.length));
+  const kernel = cachedKernel(sigma);
+  const size = map.length;
+  const scratch = work?.scratch?.length === size ? work.scratch : new Float32Array(size);
+  const out = work?.out?.length === size ? work.out : new Float32Array(size);
+  const row = work?.row !== undefined && work.row.length >= width ? work.row : new Float64Array(width);
+  if (work) {
+    work.scratch = scratch;
+    work.out = out;
+    work.row = row;
+  }
+  return blurSymmetric(map, width, height, kernel, scratch, out, row);
 }
 
 /** Normalised 1-D Gaussian of 2 * radius + 1 taps. */
@@ -128,37 +147,89 @@ export function gaussianKernel(sigma: number, radius: number): Float64Array {
   return kernel;
 }
 
-type Plane = Float32Array | Float64Array;
+const kernels = new Map<number, Float64Array>();
 
-function convolveSeparable<T extends Plane>(src: Plane, w: number, h: number, kernel: Float64Array, scratch: Plane, out: T): T {
-  const radius = (kernel.length - 1) >> 1;
-  const clampX = (x: number) => (x < 0 ? 0 : x >= w ? w - 1 : x);
-  // Rows: edge pixels are replicated; the interior skips the clamping (the hot loop).
+/** The blur kernel of a sigma, made once (a camera blurs every frame with the same one). */
+function cachedKernel(sigma: number): Float64Array {
+  let kernel = kernels.get(sigma);
+  if (kernel === undefined) {
+    kernel = gaussianKernel(sigma, Math.ceil(3 * sigma));
+    if (kernels.size > 16) kernels.clear();
+    kernels.set(sigma, kernel);
+  }
+  return kernel;
+}
+
+/**
+ * The separable convolution of gaussianBlur. Horizontally, the kernel is symmetric, so each pair of taps at
+ * the same distance shares one multiplication, and a row equal to the one above it (the comparator's map is
+ * upsampled from half resolution, so every row comes twice) gives the same result, which is copied instead of
+ * recomputed. Vertically, taps that land on equal rows (those repeated rows, and the replicated edge) are
+ * merged into one tap with their summed weight. Sums are kept in float64 and rounded to float32 once per
+ * pass: against the plain tap-by-tap convolution (float32 rounding after every vertical tap) the results
+ * differ by float32 rounding only (tests/unit/scoring-fast.test.ts).
+ */
+function blurSymmetric(src: Float32Array, w: number, h: number, kernel: Float64Array, scratch: Float32Array, out: Float32Array, acc: Float64Array): Float32Array {
+  const r = (kernel.length - 1) >> 1;
+  const centre = kernel[r]!;
+  // Each row's first equal row above it without a different row between (itself when it differs from the one above).
+  const sameAs = new Int32Array(h);
+  // Horizontal pass.
   for (let y = 0; y < h; y++) {
     const row = y * w;
+    if (y > 0 && sameRow(src, row - w, row, w)) {
+      scratch.copyWithin(row, row - w, row);
+      sameAs[y] = sameAs[y - 1]!;
+      continue;
+    }
+    sameAs[y] = y;
     for (let x = 0; x < w; x++) {
-      let acc = 0;
-      if (x >= radius && x < w - radius) {
-        const start = row + x - radius;
-        for (let k = 0; k < kernel.length; k++) acc += kernel[k]! * src[start + k]!;
+      const c = row + x;
+      let a = centre * src[c]!;
+      if (x >= r && x < w - r) {
+        for (let j = 1; j <= r; j++) a += kernel[r - j]! * (src[c - j]! + src[c + j]!);
       } else {
-        for (let k = -radius; k <= radius; k++) acc += kernel[k + radius]! * src[row + clampX(x + k)]!;
+        for (let j = 1; j <= r; j++) {
+          const left = x - j < 0 ? 0 : x - j;
+          const right = x + j >= w ? w - 1 : x + j;
+          a += kernel[r - j]! * (src[row + left]! + src[row + right]!);
+        }
       }
-      scratch[row + x] = acc;
+      scratch[c] = a;
     }
   }
-  // Columns: whole rows at a time, which walks memory in order.
+  // Vertical pass: whole rows at a time into a float64 row, which walks memory in order.
+  const tapRows = new Int32Array(kernel.length);
+  const tapWeights = new Float64Array(kernel.length);
   for (let y = 0; y < h; y++) {
-    const target = y * w;
-    out.fill(0, target, target + w);
-    for (let k = -radius; k <= radius; k++) {
-      const yy = y + k < 0 ? 0 : y + k >= h ? h - 1 : y + k;
-      const weight = kernel[k + radius]!;
-      const source = yy * w;
-      for (let x = 0; x < w; x++) out[target + x]! += weight * scratch[source + x]!;
+    let taps = 0;
+    for (let k = -r; k <= r; k++) {
+      const source = sameAs[y + k < 0 ? 0 : y + k >= h ? h - 1 : y + k]! * w;
+      if (taps > 0 && tapRows[taps - 1] === source) {
+        tapWeights[taps - 1]! += kernel[k + r]!;
+      } else {
+        tapRows[taps] = source;
+        tapWeights[taps] = kernel[k + r]!;
+        taps++;
+      }
     }
+    const first = tapRows[0]!;
+    const firstWeight = tapWeights[0]!;
+    for (let x = 0; x < w; x++) acc[x] = firstWeight * scratch[first + x]!;
+    for (let t = 1; t < taps; t++) {
+      const source = tapRows[t]!;
+      const weight = tapWeights[t]!;
+      for (let x = 0; x < w; x++) acc[x]! += weight * scratch[source + x]!;
+    }
+    const c = y * w;
+    for (let x = 0; x < w; x++) out[c + x] = acc[x]!;
   }
   return out;
+}
+
+function sameRow(plane: Float32Array, a: number, b: number, w: number): boolean {
+  for (let x = 0; x < w; x++) if (plane[a + x] !== plane[b + x]) return false;
+  return true;
 }
 
 function checkMap(map: Float32Array, width: number, height: number): void {
@@ -199,8 +270,8 @@ export function zeroIgnored(map: Float32Array, ignored: Uint8Array): Float32Arra
  * of pixels (at least one). Pixels set in `ignored` do not count; if every pixel
  * is ignored the result is 0.
  */
-export function pool(map: Float32Array, mode: PoolingMode, topkFraction = 0.01, ignored?: Uint8Array): number {
-  const values = ignored ? keptValues(map, ignored) : map;
+export function pool(map: Float32Array, mode: PoolingMode, topkFraction = 0.01, ignored?: Uint8Array, scratch?: Float32Array): number {
+  const values = ignored ? keptValues(map, ignored, scratch) : map;
   if (values.length === 0) return 0;
   switch (mode) {
     case 'max': {
@@ -225,8 +296,9 @@ export function pool(map: Float32Array, mode: PoolingMode, topkFraction = 0.01, 
   }
 }
 
-function keptValues(map: Float32Array, ignored: Uint8Array): Float32Array {
-  const kept = new Float32Array(map.length);
+/** The values of the pixels not ignored, in `scratch` when it is large enough (its old contents are overwritten). */
+function keptValues(map: Float32Array, ignored: Uint8Array, scratch?: Float32Array): Float32Array {
+  const kept = scratch !== undefined && scratch.length >= map.length ? scratch : new Float32Array(map.length);
   let count = 0;
   for (let i = 0; i < map.length; i++) if (!ignored[i]) kept[count++] = map[i]!;
   return kept.subarray(0, count);
