@@ -12,8 +12,8 @@
  *
  * Writes the JSON to --out and a markdown summary next to it (same name, .md).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,7 +22,8 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { freePort, spawnAgent, waitForListener } from './net.js';
+import { childrenOf, CpuLedger, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, sleep, slope, startMosquitto } from './measure.js';
+import { freePort, spawnAgent } from './net.js';
 
 // ---------------------------------------------------------------- settings
 
@@ -90,115 +91,6 @@ function parseSettings(argv: string[]): BenchSettings {
     variant,
     cpuProfDir: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
   };
-}
-
-// ---------------------------------------------------------------- /proc
-
-const CLOCK_TICKS_PER_S = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-
-interface ProcStat {
-  pid: number;
-  comm: string;
-  ppid: number;
-  /** utime + stime of all threads, seconds. */
-  cpuS: number;
-}
-
-/** /proc/<pid>/stat, or undefined once the process is gone. The command name may hold spaces and parentheses. */
-function readProcStat(pid: number): ProcStat | undefined {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return undefined;
-  }
-  const close = text.lastIndexOf(')');
-  const comm = text.slice(text.indexOf('(') + 1, close);
-  // Fields after the command, counted from 3 (state): ppid is field 4, utime 14, stime 15.
-  const fields = text.slice(close + 2).split(' ');
-  return { pid, comm, ppid: Number(fields[1]), cpuS: (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_S };
-}
-
-function readRssBytes(pid: number): number | undefined {
-  try {
-    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return match ? Number(match[1]) * 1024 : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function childrenOf(ppid: number): ProcStat[] {
-  const children: ProcStat[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const stat = readProcStat(Number(entry));
-    if (stat?.ppid === ppid) children.push(stat);
-  }
-  return children;
-}
-
-function readCmdline(pid: number): string[] | undefined {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1);
-  } catch {
-    return undefined;
-  }
-}
-
-/** Whole-machine CPU time from /proc/stat, seconds summed over all cores. */
-function readMachineCpu(): { busyS: number; totalS: number } {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
-  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number);
-  const total = ticks.reduce((sum, value) => sum + value, 0);
-  const idle = ticks[3]! + ticks[4]!;
-  return { busyS: (total - idle) / CLOCK_TICKS_PER_S, totalS: total / CLOCK_TICKS_PER_S };
-}
-
-/**
- * Sums the CPU time of a changing set of processes: a process that exits keeps the
- * time last seen for it, so a restarted ffmpeg does not make the total fall.
- */
-class CpuLedger {
-  private readonly lastSeen = new Map<number, number>();
-  observe(processes: readonly ProcStat[]): void {
-    for (const process of processes) this.lastSeen.set(process.pid, process.cpuS);
-  }
-  get totalS(): number {
-    let sum = 0;
-    for (const value of this.lastSeen.values()) sum += value;
-    return sum;
-  }
-  get pids(): number[] {
-    return [...this.lastSeen.keys()];
-  }
-}
-
-// ---------------------------------------------------------------- mosquitto
-
-
-
-async function startMosquitto(dir: string): Promise<{ child: ChildProcess; url: string }> {
-  const port = await freePort();
-  const configFile = path.join(dir, 'mosquitto.conf');
-  writeFileSync(
-    configFile,
-    // Started as root, mosquitto would switch to the `mosquitto` user, who cannot read this private folder.
-    [`user ${os.userInfo().username}`, `listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'log_dest stderr', 'log_type error', 'log_type warning'].join('\n') + '\n',
-  );
-  let child: ChildProcess;
-  try {
-    child = spawn('mosquitto', ['-c', configFile], { stdio: ['ignore', 'ignore', 'ignore'] });
-  } catch (error) {
-    throw new UsageError(`mosquitto could not be started: ${(error as Error).message}`, { hint: 'install it (apt-get install mosquitto)' });
-  }
-  const failed = new Promise<never>((_, reject) => {
-    child.once('error', (error) => reject(new UsageError(`mosquitto could not be started: ${error.message}`, { hint: 'install it (apt-get install mosquitto)' })));
-    child.once('exit', (code) => reject(new Error(`mosquitto exited (${code}) at start`)));
-  });
-  failed.catch(() => undefined);
-  await Promise.race([waitForListener(port, 5000, 'mosquitto'), failed]);
-  return { child, url: `mqtt://127.0.0.1:${port}` };
 }
 
 // ---------------------------------------------------------------- the agent
@@ -331,36 +223,6 @@ function benchCpuS(): number {
   return (usage.user + usage.system) / 1e6;
 }
 
-// ---------------------------------------------------------------- statistics
-
-/** Nearest-rank percentile of sorted values. */
-function percentile(sorted: readonly number[], p: number): number | null {
-  if (sorted.length === 0) return null;
-  const rank = Math.ceil((p / 100) * sorted.length);
-  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!;
-}
-
-/** Least-squares slope of y over x. */
-function slope(points: readonly { x: number; y: number }[]): number | null {
-  if (points.length < 2) return null;
-  const meanX = points.reduce((sum, p) => sum + p.x, 0) / points.length;
-  const meanY = points.reduce((sum, p) => sum + p.y, 0) / points.length;
-  let covariance = 0;
-  let variance = 0;
-  for (const p of points) {
-    covariance += (p.x - meanX) * (p.y - meanY);
-    variance += (p.x - meanX) ** 2;
-  }
-  return variance === 0 ? null : covariance / variance;
-}
-
-const round = (value: number | null | undefined, digits = 1): number | null =>
-  value === null || value === undefined || !Number.isFinite(value) ? null : Math.round(value * 10 ** digits) / 10 ** digits;
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 // ---------------------------------------------------------------- baseline
 
 interface Baseline {
@@ -377,28 +239,10 @@ interface Baseline {
  * filtering and preview encoding; the rest of the agent's CPU is scoring and publishing.
  */
 async function measureDecodingAlone(commands: readonly string[][], seconds: number): Promise<Baseline> {
-  const devNull = openSync('/dev/null', 'w');
-  const children = commands.map(([binary, ...args]) => spawn(binary!, args, { stdio: ['ignore', devNull, devNull, devNull] }));
-  const pids = children.map((child) => child.pid).filter((pid): pid is number => pid !== undefined);
-  const ledger = new CpuLedger();
-  const read = () => ledger.observe(pids.map(readProcStat).filter((stat): stat is ProcStat => stat !== undefined));
-  // Skip start-up (probing the file, first decode) like the agent run skips its warm-up.
-  const settleMs = Math.min(2000, (seconds * 1000) / 4);
-  await sleep(settleMs);
-  read();
-  const startCpu = ledger.totalS;
-  const startedAt = performance.now();
-  await sleep(seconds * 1000 - settleMs);
-  read();
-  const wallS = (performance.now() - startedAt) / 1000;
-  const cpuS = ledger.totalS - startCpu;
-  const exits = children.map((child) => new Promise<void>((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', () => resolve()))));
-  for (const child of children) child.kill('SIGTERM');
-  await Promise.all(exits);
-  closeSync(devNull);
+  const { processes, wallS, cpuS } = await measureCommandsAlone(commands, seconds);
   return {
     seconds: round(wallS)!,
-    processes: pids.length,
+    processes,
     cpuPercentOfOneCore: round((100 * cpuS) / wallS),
     cpuPercentOfMachine: round((100 * cpuS) / wallS / os.availableParallelism()),
     commandLine: commands[0] ? commands[0].map((arg) => (/[\s'"[\];,]/.test(arg) ? `'${arg}'` : arg)).join(' ') : null,

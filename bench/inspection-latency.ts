@@ -17,7 +17,7 @@
  *
  * Writes the JSON to --out and a markdown summary next to it (same name, .md).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -26,7 +26,8 @@ import { parseArgs } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
-import { freePort, spawnAgent, waitForListener } from './net.js';
+import { startMosquitto } from './measure.js';
+import { freePort, spawnAgent } from './net.js';
 
 const DEVICE_ID = 'bench';
 const CAMERA = 'station-1';
@@ -92,22 +93,6 @@ function parseSettings(argv: string[]): Settings {
 
 // ---------------------------------------------------------------- processes
 
-async function startMosquitto(dir: string, noDelay: boolean): Promise<{ child: ChildProcess; url: string }> {
-  const port = await freePort();
-  const configFile = path.join(dir, 'mosquitto.conf');
-  // Started as root, mosquitto would switch to the `mosquitto` user, who cannot read this private folder.
-  const lines = [`user ${os.userInfo().username}`, `listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'log_dest stderr', 'log_type error'];
-  if (noDelay) lines.push('set_tcp_nodelay true');
-  writeFileSync(configFile, lines.join('\n') + '\n');
-  const child = spawn('mosquitto', ['-c', configFile], { stdio: ['ignore', 'ignore', 'ignore'] });
-  const failed = new Promise<never>((_, reject) => {
-    child.once('error', (error) => reject(new UsageError(`mosquitto could not be started: ${error.message}`, { hint: 'install it (apt-get install mosquitto)' })));
-    child.once('exit', (code) => reject(new Error(`mosquitto exited (${code}) at start`)));
-  });
-  failed.catch(() => undefined);
-  await Promise.race([waitForListener(port, 5000, 'mosquitto'), failed]);
-  return { child, url: `mqtt://127.0.0.1:${port}` };
-}
 
 function agentConfig(settings: Settings, mqttUrl: string, healthPort: number, dataDir: string): object {
   return {
@@ -274,7 +259,7 @@ async function run(settings: Settings) {
   const cleanups: (() => Promise<unknown> | unknown)[] = [() => rmSync(workDir, { recursive: true, force: true })];
   const periodMs = 1000 / settings.fps;
   try {
-    const broker = await startMosquitto(workDir, settings.noDelay);
+    const broker = await startMosquitto(workDir, { noDelay: settings.noDelay });
     cleanups.unshift(() => broker.child.kill('SIGTERM'));
     const healthPort = await freePort();
     const healthUrl = `http://127.0.0.1:${healthPort}`;

@@ -1,0 +1,175 @@
+/**
+ * What the agent benchmarks (agent-load, capacity) measure with: CPU time and memory of processes
+ * from /proc, a private mosquitto, percentiles and slopes.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { UsageError } from '../src/errors.js';
+import { freePort, waitForListener } from './net.js';
+
+// ---------------------------------------------------------------- /proc
+
+export const CLOCK_TICKS_PER_S = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+export interface ProcStat {
+  pid: number;
+  comm: string;
+  ppid: number;
+  /** utime + stime of all threads, seconds. */
+  cpuS: number;
+}
+
+/** /proc/<pid>/stat, or undefined once the process is gone. The command name may hold spaces and parentheses. */
+export function readProcStat(pid: number): ProcStat | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const close = text.lastIndexOf(')');
+  const comm = text.slice(text.indexOf('(') + 1, close);
+  // Fields after the command, counted from 3 (state): ppid is field 4, utime 14, stime 15.
+  const fields = text.slice(close + 2).split(' ');
+  return { pid, comm, ppid: Number(fields[1]), cpuS: (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_S };
+}
+
+export function readRssBytes(pid: number): number | undefined {
+  try {
+    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match ? Number(match[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function childrenOf(ppid: number): ProcStat[] {
+  const children: ProcStat[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = readProcStat(Number(entry));
+    if (stat?.ppid === ppid) children.push(stat);
+  }
+  return children;
+}
+
+export function readCmdline(pid: number): string[] | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whole-machine CPU time from /proc/stat, seconds summed over all cores. */
+export function readMachineCpu(): { busyS: number; totalS: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!;
+  const ticks = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = ticks.reduce((sum, value) => sum + value, 0);
+  const idle = ticks[3]! + ticks[4]!;
+  return { busyS: (total - idle) / CLOCK_TICKS_PER_S, totalS: total / CLOCK_TICKS_PER_S };
+}
+
+/**
+ * Sums the CPU time of a changing set of processes: a process that exits keeps the
+ * time last seen for it, so a restarted ffmpeg does not make the total fall.
+ */
+export class CpuLedger {
+  private readonly lastSeen = new Map<number, number>();
+  observe(processes: readonly ProcStat[]): void {
+    for (const process of processes) this.lastSeen.set(process.pid, process.cpuS);
+  }
+  get totalS(): number {
+    let sum = 0;
+    for (const value of this.lastSeen.values()) sum += value;
+    return sum;
+  }
+  get pids(): number[] {
+    return [...this.lastSeen.keys()];
+  }
+}
+
+// ---------------------------------------------------------------- mosquitto
+
+/** A private mosquitto on a free loopback port; `noDelay` sets TCP_NODELAY on its sockets. */
+export async function startMosquitto(dir: string, options: { noDelay?: boolean } = {}): Promise<{ child: ChildProcess; url: string }> {
+  const port = await freePort();
+  const configFile = path.join(dir, 'mosquitto.conf');
+  // Started as root, mosquitto would switch to the `mosquitto` user, who cannot read this private folder.
+  const lines = [`user ${os.userInfo().username}`, `listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'log_dest stderr', 'log_type error', 'log_type warning'];
+  if (options.noDelay) lines.push('set_tcp_nodelay true');
+  writeFileSync(configFile, lines.join('\n') + '\n');
+  let child: ChildProcess;
+  try {
+    child = spawn('mosquitto', ['-c', configFile], { stdio: ['ignore', 'ignore', 'ignore'] });
+  } catch (error) {
+    throw new UsageError(`mosquitto could not be started: ${(error as Error).message}`, { hint: 'install it (apt-get install mosquitto)' });
+  }
+  const failed = new Promise<never>((_, reject) => {
+    child.once('error', (error) => reject(new UsageError(`mosquitto could not be started: ${error.message}`, { hint: 'install it (apt-get install mosquitto)' })));
+    child.once('exit', (code) => reject(new Error(`mosquitto exited (${code}) at start`)));
+  });
+  failed.catch(() => undefined);
+  await Promise.race([waitForListener(port, 5000, 'mosquitto'), failed]);
+  return { child, url: `mqtt://127.0.0.1:${port}` };
+}
+
+/**
+ * The agent's own ffmpeg command lines run without the agent, their outputs (raw frames on stdout,
+ * preview JPEGs on fd 3) to /dev/null: what decoding, filtering and preview encoding cost. The
+ * first quarter (at most `settleMs`) is start-up and not counted.
+ */
+export async function measureCommandsAlone(commands: readonly string[][], seconds: number, settleMs = 2000): Promise<{ processes: number; wallS: number; cpuS: number }> {
+  const devNull = openSync('/dev/null', 'w');
+  const children = commands.map(([binary, ...args]) => spawn(binary!, args, { stdio: ['ignore', devNull, devNull, devNull] }));
+  const pids = children.map((child) => child.pid).filter((pid): pid is number => pid !== undefined);
+  const ledger = new CpuLedger();
+  const read = () => ledger.observe(pids.map(readProcStat).filter((stat): stat is ProcStat => stat !== undefined));
+  const settle = Math.min(settleMs, (seconds * 1000) / 4);
+  await sleep(settle);
+  read();
+  const startCpu = ledger.totalS;
+  const startedAt = performance.now();
+  await sleep(seconds * 1000 - settle);
+  read();
+  const wallS = (performance.now() - startedAt) / 1000;
+  const cpuS = ledger.totalS - startCpu;
+  const exits = children.map((child) => new Promise<void>((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', () => resolve()))));
+  for (const child of children) child.kill('SIGTERM');
+  await Promise.all(exits);
+  closeSync(devNull);
+  return { processes: pids.length, wallS, cpuS };
+}
+
+// ---------------------------------------------------------------- statistics
+
+/** Nearest-rank percentile of sorted values. */
+export function percentile(sorted: readonly number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  const rank = Math.ceil((p / 100) * sorted.length);
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!;
+}
+
+/** Least-squares slope of y over x. */
+export function slope(points: readonly { x: number; y: number }[]): number | null {
+  if (points.length < 2) return null;
+  const meanX = points.reduce((sum, p) => sum + p.x, 0) / points.length;
+  const meanY = points.reduce((sum, p) => sum + p.y, 0) / points.length;
+  let covariance = 0;
+  let variance = 0;
+  for (const p of points) {
+    covariance += (p.x - meanX) * (p.y - meanY);
+    variance += (p.x - meanX) ** 2;
+  }
+  return variance === 0 ? null : covariance / variance;
+}
+
+export const round = (value: number | null | undefined, digits = 1): number | null =>
+  value === null || value === undefined || !Number.isFinite(value) ? null : Math.round(value * 10 ** digits) / 10 ** digits;
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
