@@ -187,15 +187,11 @@ export function buildFfmpegArgs(options: FfmpegArgsOptions): string[] {
 export function inputScript(options: FfmpegArgsOptions): string | undefined {
   if (classifyInput(options.url) !== 'rtsp' || (options.ffmpegMajorVersion ?? 5) < 5 || !hasPassword(options.url)) return undefined;
   if (/[\r\n]/.test(options.url)) throw new UsageError(`camera source ${scrubSecrets(options.url)}: the URL contains a line break`, { hint: 'remove it from the url' });
-  const [, transport, timeoutFlag, timeoutUs] = inputKindArgs('rtsp', options);
-  return [
-    'ffconcat version 1.0',
-    // ffconcat quoting: inside '...', a quote is written '\''.
-    `file '${options.url.replace(/'/g, "'\\''")}'`,
-    `option rtsp_transport ${transport}`,
-    `option ${timeoutFlag!.slice(1)} ${timeoutUs}`,
-    '',
-  ].join('\n');
+  // The RTSP input options, `-name value` pairs, as the script's `option name value` lines.
+  const rtspOptions = inputKindArgs('rtsp', options);
+  const optionLines = rtspOptions.filter((_, i) => i % 2 === 0).map((flag, i) => `option ${flag.slice(1)} ${rtspOptions[2 * i + 1]}`);
+  // ffconcat quoting: inside '...', a quote is written '\''.
+  return ['ffconcat version 1.0', `file '${options.url.replace(/'/g, "'\\''")}'`, ...optionLines, ''].join('\n');
 }
 
 function hasPassword(url: string): boolean {
@@ -239,7 +235,11 @@ function inputKindArgs(kind: InputKind, options: FfmpegArgsOptions): string[] {
     case 'rtsp': {
       // ffmpeg < 5 read -timeout on RTSP as "listen for incoming connections": it must get -stimeout there.
       const timeoutFlag = (options.ffmpegMajorVersion ?? 5) < 5 ? '-stimeout' : '-timeout';
-      return ['-rtsp_transport', options.rtspTransport ?? 'tcp', timeoutFlag, timeoutUs];
+      // -fpsprobesize 0: no frame-rate probing (frames are sampled on their timestamps). The probe held back the
+      // first ~20 frames and released them in one burst, which the 2-frame queue dropped: measured on the demo
+      // video served by scripts/rtsp-server.py, first frame after 0.88-0.96 s with 8-9 frames in its first
+      // 100 ms at 10 fps, against 0.27-0.34 s and 2 frames with it.
+      return ['-rtsp_transport', options.rtspTransport ?? 'tcp', timeoutFlag, timeoutUs, '-fpsprobesize', '0'];
     }
     case 'http':
     case 'stream':

@@ -48,6 +48,12 @@ describe('buildFfmpegArgs', () => {
     expect(args.slice(-7)).toEqual(['-map', '[frames]', '-fps_mode', 'passthrough', '-f', 'rawvideo', 'pipe:1']);
   });
 
+  it('RTSP: no frame-rate probing before -i (it held the first frames back and released them in a burst)', () => {
+    const args = inputSide(buildFfmpegArgs({ ...base, url: 'rtsp://cam/1', fps: 10 }));
+    expect(valueOf(args, '-fpsprobesize')).toBe('0');
+    expect(inputSide(buildFfmpegArgs({ ...base, url: '/data/a.mp4' }))).not.toContain('-fpsprobesize');
+  });
+
   it('RTSP: UDP selectable; ffmpeg 4 gets -stimeout (its -timeout means "listen") and -vsync', () => {
     const args = buildFfmpegArgs({ ...base, url: 'rtsp://cam/1', rtspTransport: 'udp', ffmpegMajorVersion: 4 });
     expect(valueOf(args, '-rtsp_transport')).toBe('udp');
@@ -64,7 +70,7 @@ describe('buildFfmpegArgs', () => {
     expect(args.join(' ')).not.toContain('secret');
     expect(args.slice(args.indexOf('-f'), args.indexOf('-i') + 2)).toEqual(['-f', 'concat', '-safe', '0', '-protocol_whitelist', 'pipe,rtsp,rtsps,rtp,srtp,udp,tcp,tls,crypto', '-fflags', 'nobuffer', '-i', 'pipe:4']);
     expect(args).not.toContain('-rtsp_transport');
-    expect(inputScript(options)).toBe(["ffconcat version 1.0", "file 'rtsp://op:it'\\''s%20secret@cam/1'", 'option rtsp_transport udp', 'option timeout 3000000', ''].join('\n'));
+    expect(inputScript(options)).toBe(["ffconcat version 1.0", "file 'rtsp://op:it'\\''s%20secret@cam/1'", 'option rtsp_transport udp', 'option timeout 3000000', 'option fpsprobesize 0', ''].join('\n'));
     // A user alone, another kind of source, or an ffmpeg without -timeout for RTSP: the URL stays on the command line.
     for (const plain of [{ ...base, url: 'rtsp://op@cam/1' }, { ...base, url: 'http://op:pw@cam/mjpeg' }, { ...base, url: 'rtsp://op:pw@cam/1', ffmpegMajorVersion: 4 }]) {
       expect(inputScript(plain)).toBeUndefined();
