@@ -31,7 +31,7 @@ import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
 import { childrenOf, CpuLedger, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, sleep, slope, startMosquitto } from './measure.js';
-import { freePort } from './net.js';
+import { freePort, unitEnvironment } from './net.js';
 
 const mib = (bytes: number | undefined) => (bytes === undefined ? undefined : bytes / 1024 ** 2);
 
@@ -290,7 +290,8 @@ function rotatedVideos(video: string, dir: string, most = 8): string[] {
 
 function spawnAgent(settings: Settings, configFile: string, logFile: string) {
   const logFd = openSync(logFile, 'w');
-  const child = spawn(process.execPath, [settings.agent, 'run', '--config', configFile], { stdio: ['ignore', logFd, logFd] });
+  // With the shipped unit's environment (MALLOC_ARENA_MAX...): memory is measured as the service runs.
+  const child = spawn(process.execPath, [settings.agent, 'run', '--config', configFile], { stdio: ['ignore', logFd, logFd], env: { ...process.env, ...unitEnvironment() } });
   closeSync(logFd);
   let gone = false;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>

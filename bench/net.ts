@@ -49,7 +49,11 @@ export interface BenchAgent {
 
 export function spawnAgent(configFile: string, logFile: string, nodeFlags: string[] = []): BenchAgent {
   const logFd = openSync(logFile, 'w');
-  const child = spawn(process.execPath, [...nodeFlags, path.resolve('bin/linewatch.js'), 'run', '--config', configFile], { stdio: ['ignore', logFd, logFd] });
+  // With the shipped unit's environment (MALLOC_ARENA_MAX...): memory is measured as the service runs.
+  const child = spawn(process.execPath, [...nodeFlags, path.resolve('bin/linewatch.js'), 'run', '--config', configFile], {
+    stdio: ['ignore', logFd, logFd],
+    env: { ...process.env, ...unitEnvironment() },
+  });
   closeSync(logFd);
   let gone = false;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>((resolve) =>
@@ -69,4 +73,17 @@ export function spawnAgent(configFile: string, logFile: string, nodeFlags: strin
       await exited;
     },
   };
+}
+
+/**
+ * The `Environment=` settings of the shipped unit (systemd/linewatch.service): the benchmarks start
+ * the agent with them, so that memory and CPU are measured as the service runs.
+ */
+export function unitEnvironment(unitFile = 'systemd/linewatch.service'): Record<string, string> {
+  const environment: Record<string, string> = {};
+  for (const line of readFileSync(unitFile, 'utf8').split('\n')) {
+    const match = /^Environment=([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line.trim());
+    if (match) environment[match[1]!] = match[2]!.replace(/^"(.*)"$/, '$1');
+  }
+  return environment;
 }

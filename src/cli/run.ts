@@ -4,6 +4,7 @@ import { describeError } from '../agent/models.js';
 import { DEFAULT_CONFIG_FILE, loadConfig } from '../config/index.js';
 import { formatError } from '../errors.js';
 import { createLogger } from '../log.js';
+import { leanImageMemory } from '../publish/snapshot.js';
 
 export function registerRun(program: Command): void {
   program
@@ -13,6 +14,7 @@ export function registerRun(program: Command): void {
     .action(async (flags: { config: string }) => {
       const config = await loadConfig(flags.config);
       const log = createLogger({ level: config.log.level, format: config.log.format });
+      leanImageMemory();
       const app = new App({ config, log, announce: (line) => console.log(line) });
 
       let stopping: Promise<void> | undefined;

@@ -69,6 +69,16 @@ const STALE_TEMP_MS = 10 * 60_000;
 
 /** The original of `x.jpg` is `x.original.jpg`; it lives and dies with its snapshot. */
 export const ORIGINAL_SUFFIX = '.original.jpg';
+/**
+ * For a long-running agent: no libvips operation cache (it keeps decoded images of past snapshots)
+ * and one libvips thread per operation (a snapshot every second or so needs no more): both keep
+ * the agent's resident memory down (README "Memory limits").
+ */
+export function leanImageMemory(): void {
+  sharp.cache(false);
+  sharp.concurrency(1);
+}
+
 /** Quality of an original made from model-input pixels: it may become training data. */
 const ORIGINAL_JPEG_QUALITY = 95;
 
