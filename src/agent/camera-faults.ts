@@ -48,10 +48,9 @@ export class CameraFaults {
     private readonly threshold: () => number,
     log: Logger,
   ) {
-    const { width, height, channels } = bundle.manifest.input;
+    const { width, height } = bundle.manifest.input;
     this.frame = { width, height };
-    this.meter = new QualityMeter(width, height, channels, bundle.sceneReference);
-    this.rules = this.rulesFor(bundle, log);
+    [this.meter, this.rules] = this.measureWith(bundle, log);
     this.tracker = new FaultTracker(camera.name, faultDebounce(camera.faults, camera.fps));
   }
 
@@ -80,9 +79,7 @@ export class CameraFaults {
 
   /** A new model: its profile and reference give new limits (open faults carry on). */
   useBundle(bundle: LoadedBundle, log: Logger): void {
-    const { width, height, channels } = bundle.manifest.input;
-    this.meter = new QualityMeter(width, height, channels, bundle.sceneReference);
-    this.rules = this.rulesFor(bundle, log);
+    [this.meter, this.rules] = this.measureWith(bundle, log);
   }
 
   judge(frame: Frame, time: Time): FaultVerdict {
@@ -114,6 +111,12 @@ export class CameraFaults {
     this.meter.reset();
     this.shadow = undefined;
     return this.tracker.close(reason, time);
+  }
+
+  /** A meter for the bundle's frames and scene, and the rules its profile and the config give. */
+  private measureWith(bundle: LoadedBundle, log: Logger): [QualityMeter, FaultRule[]] {
+    const { width, height, channels } = bundle.manifest.input;
+    return [new QualityMeter(width, height, channels, bundle.sceneReference), this.rulesFor(bundle, log)];
   }
 
   private rulesFor(bundle: LoadedBundle, log: Logger): FaultRule[] {

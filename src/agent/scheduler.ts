@@ -190,7 +190,7 @@ const mapBlurs = new Map<string, Promise<OnnxMapBlur | undefined>>();
  * and the scorer then computes them in JS as before.
  */
 async function blurredMaps(bundle: LoadedBundle, maps: readonly Float32Array[] | undefined): Promise<Float32Array[] | undefined> {
-  if (maps === undefined || maps.length === 0 || typeof bundle.scorer.takesBlurredMap !== 'function') return undefined;
+  if (maps === undefined || maps.length === 0) return undefined;
   const { width, height } = bundle.manifest.input;
   const sigma = bundle.scorer.settings.blurSigma;
   if (!bundle.scorer.takesBlurredMap(width, height, maps[0]!)) return undefined;

@@ -54,6 +54,15 @@ export async function resolveImageList(spec: string, root?: string): Promise<str
   return info.isDirectory() ? listFolder(spec) : readListFile(spec, root);
 }
 
+/**
+ * The images of several folders or list files, each named once (absolute paths): a picture named
+ * twice (a folder and a list of it) would weigh double in training or in a profile.
+ */
+export async function resolveImageLists(specs: readonly string[], root?: string): Promise<string[]> {
+  const lists = await Promise.all(specs.map((spec) => resolveImageList(spec, root)));
+  return [...new Set(lists.flat().map((file) => path.resolve(file)))];
+}
+
 async function listFolder(folder: string): Promise<string[]> {
   const names = (await readdir(folder, { withFileTypes: true })).filter((e) => e.isFile() && isImageFile(e.name)).map((e) => e.name);
   const stems = new Set(names.filter((n) => path.extname(n).toLowerCase() !== '.png').map((n) => stemOf(n)));

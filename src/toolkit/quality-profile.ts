@@ -2,7 +2,7 @@ import { readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
 import { UsageError } from '../errors.js';
-import { loadImages, resolveImageList } from '../image/load.js';
+import { loadImages, resolveImageLists } from '../image/load.js';
 import { toInterleavedBytes, type ImageTensor } from '../image/tensor.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT_VERSION, readManifest, type Manifest } from '../model/manifest.js';
 import type { QualityProfile } from '../scoring/faults.js';
@@ -136,8 +136,7 @@ export async function profileBundle(options: ProfileBundleOptions): Promise<{ ma
       ffmpegPath: options.ffmpegPath,
     });
   } else {
-    const paths = [...new Set((await Promise.all(options.images!.map((spec) => resolveImageList(spec)))).flat())];
-    frames = (await loadImages(paths, { width, height, channels })).images;
+    frames = (await loadImages(await resolveImageLists(options.images!), { width, height, channels })).images;
   }
   if (frames.length === 0) throw new UsageError('no frames could be read from the footage given', { hint: 'check the path, and --start/--duration against the video' });
   const learned = learnQualityProfile(frames.map((frame) => toInterleavedBytes(frame)), width, height, channels);

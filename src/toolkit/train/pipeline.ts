@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { UsageError } from '../../errors.js';
-import { detectChannels, loadImages, resolveImageList } from '../../image/load.js';
+import { detectChannels, loadImages, resolveImageList, resolveImageLists } from '../../image/load.js';
 import { normaliseInput, type InputNormalisation } from '../../image/normalise.js';
 import { shiftImage, toInterleavedBytes, type ImageTensor } from '../../image/tensor.js';
 import { writeBundle, assertBundleTarget } from '../../model/bundle.js';
@@ -297,8 +297,8 @@ async function gatherImages(options: TrainBundleOptions): Promise<{ images: Imag
   }
   const size = { width: options.width, height: options.height };
   if (specs.length > 0) {
-    // A picture named twice (a folder and a list of it) would weigh double and could sit in both halves of the split.
-    const paths = [...new Set((await Promise.all(specs.map((spec) => resolveImageList(spec, options.root)))).flat().map((file) => path.resolve(file)))];
+    // Each picture once: named twice it would weigh double and could sit in both halves of the split.
+    const paths = await resolveImageLists(specs, options.root);
     const channels = options.channels === 'auto' ? await detectChannels(paths) : options.channels;
     const loaded = await loadImages(paths, { ...size, channels });
     const source = `images:${specs.map((spec) => path.basename(spec.replace(/\/+$/, ''))).join('+')}`;
