@@ -5,8 +5,9 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinewatchError, UsageError } from '../../src/errors.js';
-import { colourMap, originalPathOf, SnapshotStore } from '../../src/publish/snapshot.js';
-import { anomalyBox, toSourceBox } from '../../src/scoring/region.js';
+import { colourMap, originalPathOf, renderSnapshot, SnapshotStore, type SnapshotInput } from '../../src/publish/snapshot.js';
+import { referenceRender } from '../../bench/reference-snapshot.js';
+import { anomalyBox, toSourceBox, type Box } from '../../src/scoring/region.js';
 
 const VIDEO = '../shared/data/videos/bottle-detection.mp4';
 const TILE = '../shared/data/magnetic-tile/MT_Blowhole/Imgs/exp1_num_108719.jpg';
@@ -220,5 +221,191 @@ describe('colourMap', () => {
   it('shows nothing for a flat map', () => {
     const rgba = colourMap(new Float32Array(9).fill(0.3), 3, 3);
     for (let i = 3; i < rgba.length; i += 4) expect(rgba[i]).toBe(0);
+  });
+});
+
+// ------------------------------------------------------------------ new render vs reference
+
+const DEMO_VIDEO = 'assets/demo/bottle-detection.mp4';
+/** A 112x64 map like the model's: a blurred hot spot and a weaker one on seeded speckle. */
+function realisticMap(width = 112, height = 64): Float32Array {
+  let seed = 12345;
+  const random = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const map = new Float32Array(width * height);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      map[y * width + x] = 0.05 + 0.08 * random() + 0.9 * Math.exp(-((x - 70) ** 2 / 60 + (y - 26) ** 2 / 30)) + 0.4 * Math.exp(-((x - 20) ** 2 + (y - 50) ** 2) / 40);
+    }
+  }
+  return map;
+}
+
+async function decoded(jpeg: Buffer): Promise<{ data: Buffer; width: number; height: number }> {
+  const { data, info } = await sharp(jpeg).toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+  expect(info.channels).toBe(3);
+  return { data, width: info.width, height: info.height };
+}
+
+interface Difference {
+  /** Mean absolute difference per channel over the whole image, in levels. */
+  meanPerChannel: [number, number, number];
+  /** The same over the overlay rectangle only. */
+  overlayMeanPerChannel: [number, number, number];
+  /** Mean of (new - reference) over all samples: a bias, not noise. */
+  bias: number;
+  /** 99.9th percentile of the absolute difference over all samples. */
+  p999: number;
+}
+
+function difference(a: { data: Buffer; width: number; height: number }, b: { data: Buffer }, overlay: Box): Difference {
+  const sums = [0, 0, 0];
+  const overlaySums = [0, 0, 0];
+  let overlayPixels = 0;
+  const histogram = new Array<number>(256).fill(0);
+  let signed = 0;
+  for (let y = 0; y < a.height; y++) {
+    for (let x = 0; x < a.width; x++) {
+      const inside = x >= overlay.x && x < overlay.x + overlay.width && y >= overlay.y && y < overlay.y + overlay.height;
+      if (inside) overlayPixels++;
+      for (let c = 0; c < 3; c++) {
+        const i = (y * a.width + x) * 3 + c;
+        signed += a.data[i]! - b.data[i]!;
+        const d = Math.abs(a.data[i]! - b.data[i]!);
+        sums[c]! += d;
+        if (inside) overlaySums[c]! += d;
+        histogram[d]!++;
+      }
+    }
+  }
+  const samples = a.width * a.height * 3;
+  let seen = 0;
+  let p999 = 0;
+  for (; p999 < 256 && (seen += histogram[p999]!) < 0.999 * samples; p999++);
+  const pixels = a.width * a.height;
+  return {
+    meanPerChannel: sums.map((s) => s / pixels) as Difference['meanPerChannel'],
+    overlayMeanPerChannel: overlaySums.map((s) => s / overlayPixels) as Difference['overlayMeanPerChannel'],
+    bias: signed / samples,
+    p999,
+  };
+}
+
+/**
+ * Close enough to be the same picture: both are JPEGs (q85) of slightly different pixels, so a level
+ * or so of noise; libvips' resize darkens low-alpha colour a little (about half a level after the
+ * blend), which is the bias left. A blend with 10 % too little alpha fails on the bias and the tail.
+ */
+function expectClose(diff: Difference): void {
+  for (const value of [...diff.meanPerChannel, ...diff.overlayMeanPerChannel]) expect(value).toBeLessThan(1.5);
+  expect(Math.abs(diff.bias)).toBeLessThan(0.75);
+  expect(diff.p999).toBeLessThanOrEqual(8);
+}
+
+/** The middle of the outline's stroke on each side of the box (output pixels). */
+function strokeMiddles(box: Box, width: number, height: number): Array<[number, number]> {
+  const stroke = Math.max(3, Math.round(Math.min(width, height) / 120));
+  const left = Math.max(0, box.x);
+  const top = Math.max(0, box.y);
+  const right = Math.min(width, box.x + box.width);
+  const bottom = Math.min(height, box.y + box.height);
+  const midX = Math.floor((left + right) / 2);
+  const midY = Math.floor((top + bottom) / 2);
+  const inset = stroke / 2;
+  return [
+    [Math.floor(left + inset), midY],
+    [Math.floor(right - inset), midY],
+    [midX, Math.floor(top + inset)],
+    [midX, Math.floor(bottom - inset)],
+  ];
+}
+
+describe('renderSnapshot against the libvips composite it replaced', () => {
+  let frame: Buffer;
+  const map = realisticMap();
+  const mapSize = { mapWidth: 112, mapHeight: 64 };
+  beforeAll(() => {
+    frame = execFileSync('ffmpeg', ['-loglevel', 'error', '-ss', '12', '-i', DEMO_VIDEO, '-frames:v', '1', '-f', 'image2pipe', '-c:v', 'mjpeg', '-q:v', '3', 'pipe:1']);
+  });
+
+  const cases: Array<{ name: string; input: () => Promise<SnapshotInput>; overlay: Box; box?: { box: Box; scale: number; offset: { x: number; y: number } } }> = [
+    {
+      name: 'preview, whole frame, no box',
+      input: async () => ({ camera: 'c', eventId: 'e', image: { jpeg: frame }, map, ...mapSize }),
+      overlay: { x: 0, y: 0, width: 640, height: 360 },
+    },
+    {
+      name: 'preview, whole frame, box',
+      input: async () => ({ camera: 'c', eventId: 'e', image: { jpeg: frame }, map, ...mapSize, box: { x: 330, y: 95, width: 150, height: 110 } }),
+      overlay: { x: 0, y: 0, width: 640, height: 360 },
+      box: { box: { x: 330, y: 95, width: 150, height: 110 }, scale: 1, offset: { x: 0, y: 0 } },
+    },
+    {
+      // A 1920x1080 camera with a 640x360 preview: fractional box edges, the crop on the right.
+      name: 'preview of a larger source, crop and box, fixed score level',
+      input: async () => ({
+        camera: 'c',
+        eventId: 'e',
+        image: { jpeg: frame },
+        map,
+        ...mapSize,
+        source: { width: 1920, height: 1080 },
+        crop: { x: 700, y: 100, width: 1100, height: 900 },
+        box: { x: 1301, y: 370, width: 400, height: 251 },
+        scoreLevel: { low: 0.1, high: 0.8 },
+      }),
+      overlay: { x: 233, y: 33, width: 367, height: 300 },
+      box: { box: { x: 1301, y: 370, width: 400, height: 251 }, scale: 1 / 3, offset: { x: 0, y: 0 } },
+    },
+    {
+      name: 'preview, box on the image edge',
+      input: async () => ({ camera: 'c', eventId: 'e', image: { jpeg: frame }, map, ...mapSize, box: { x: -20, y: 250, width: 200, height: 140 } }),
+      overlay: { x: 0, y: 0, width: 640, height: 360 },
+      box: { box: { x: -20, y: 250, width: 200, height: 140 }, scale: 1, offset: { x: 0, y: 0 } },
+    },
+  ];
+
+  it.each(cases)('matches the reference: $name', async ({ input, overlay, box }) => {
+    const snapshotInput = await input();
+    const [ours, theirs] = await Promise.all([renderSnapshot(snapshotInput).then(decoded), referenceRender(snapshotInput).then(decoded)]);
+    expect([ours.width, ours.height]).toEqual([theirs.width, theirs.height]);
+    const diff = difference(ours, theirs, overlay);
+    console.log(`snapshot vs reference: ${JSON.stringify(diff)}`);
+    expectClose(diff);
+    if (box) {
+      const scaled = { x: (box.box.x - box.offset.x) * box.scale, y: (box.box.y - box.offset.y) * box.scale, width: box.box.width * box.scale, height: box.box.height * box.scale };
+      for (const [x, y] of strokeMiddles(scaled, ours.width, ours.height)) {
+        const i = (y * ours.width + x) * 3;
+        expect(ours.data[i]).toBeGreaterThan(215);
+        expect(ours.data[i + 1]).toBeLessThan(80);
+        expect(ours.data[i + 2]).toBeLessThan(80);
+      }
+    }
+  });
+
+  it('matches the reference for a model-input frame (no preview), grey and colour, with crop and box', async () => {
+    const crop = { x: 400, y: 60, width: 240, height: 280 };
+    const source = { width: 640, height: 360 };
+    for (const channels of [1, 3] as const) {
+      let pipeline = sharp(frame).extract({ left: crop.x, top: crop.y, width: crop.width, height: crop.height }).resize(112, 64, { fit: 'fill' });
+      pipeline = channels === 1 ? pipeline.greyscale() : pipeline.removeAlpha();
+      const pixels = await pipeline.raw().toBuffer();
+      expect(pixels.length).toBe(112 * 64 * channels);
+      const box = { x: 470, y: 120, width: 90, height: 130 };
+      const input: SnapshotInput = { camera: 'c', eventId: 'e', image: { pixels, width: 112, height: 64, channels }, map, ...mapSize, box, source, crop };
+      const [ours, theirs] = await Promise.all([renderSnapshot(input).then(decoded), referenceRender(input).then(decoded)]);
+      expect([ours.width, ours.height]).toEqual([549, 640]);
+      expect([theirs.width, theirs.height]).toEqual([549, 640]);
+      const diff = difference(ours, theirs, { x: 0, y: 0, width: 549, height: 640 });
+      console.log(`snapshot vs reference (model frame, ${channels} channel): ${JSON.stringify(diff)}`);
+      expectClose(diff);
+      const scale = 640 / 280;
+      const scaled = { x: (box.x - crop.x) * scale, y: (box.y - crop.y) * scale, width: box.width * scale, height: box.height * scale };
+      for (const [x, y] of strokeMiddles(scaled, ours.width, ours.height)) {
+        const i = (y * ours.width + x) * 3;
+        expect(ours.data[i]).toBeGreaterThan(215);
+        expect(ours.data[i + 1]).toBeLessThan(80);
+        expect(ours.data[i + 2]).toBeLessThan(80);
+      }
+    }
   });
 });
