@@ -66,6 +66,8 @@ const JPEG_QUALITY = 85;
 const OVERLAY_MAX_ALPHA = 0.65;
 /** Temp files older than this are leftovers of a crash, not a write in progress. */
 const STALE_TEMP_MS = 10 * 60_000;
+/** Saves after which a camera's snapshot folder is listed again rather than trusted from memory. */
+const RESCAN_EVERY = 500;
 
 /** The original of `x.jpg` is `x.original.jpg`; it lives and dies with its snapshot. */
 export const ORIGINAL_SUFFIX = '.original.jpg';
@@ -91,6 +93,8 @@ export class SnapshotStore {
   readonly maxBytes: number;
   readonly #warn: (message: string) => void;
   #tempCounter = 0;
+  /** Each camera folder's snapshots, oldest first, and the saves since it was last listed (#keepWithinBounds). */
+  readonly #kept = new Map<string, { snapshots: KeptSnapshot[]; saves: number }>();
 
   constructor(options: SnapshotStoreOptions) {
     if (!Number.isInteger(options.retain) || options.retain < 1) {
@@ -146,7 +150,7 @@ export class SnapshotStore {
         throw writeError(error, target, this.dir);
       }
     }
-    await this.#prune(cameraDir).catch((error: unknown) => {
+    await this.#keepWithinBounds(cameraDir, { path: target, bytes: jpeg.length + original.length }).catch((error: unknown) => {
       this.#warn(`cannot delete old snapshots in ${cameraDir}: ${messageOf(error)}`);
     });
     return target;
@@ -158,12 +162,52 @@ export class SnapshotStore {
    */
   async prune(camera: string): Promise<void> {
     if (!SAFE_CAMERA.test(camera)) throw new RangeError(`camera name ${JSON.stringify(camera)} is not safe as a directory name`);
-    await this.#prune(join(this.dir, camera)).catch((error: unknown) => {
+    const cameraDir = join(this.dir, camera);
+    this.#kept.delete(cameraDir);
+    await this.#keepWithinBounds(cameraDir).catch((error: unknown) => {
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
     });
   }
 
-  async #prune(cameraDir: string): Promise<void> {
+  /**
+   * Records a snapshot just written (newest), then deletes the oldest beyond `retain` and the byte
+   * budget. The camera's snapshots are listed from the folder once, and again every RESCAN_EVERY
+   * saves (files deleted or left by others); in between the list is kept here, because listing
+   * and stat-ing a full folder (200 files at the default `retain`) cost more than rendering.
+   */
+  async #keepWithinBounds(cameraDir: string, written?: KeptSnapshot): Promise<void> {
+    let kept = this.#kept.get(cameraDir);
+    if (kept === undefined || kept.saves >= RESCAN_EVERY) {
+      kept = { snapshots: await this.#scan(cameraDir), saves: 0 };
+      this.#kept.set(cameraDir, kept);
+    } else if (written) {
+      // Newest last; a rewritten snapshot (a new peak of the same event) moves to the end.
+      kept.snapshots = kept.snapshots.filter((snapshot) => snapshot.path !== written.path);
+      kept.snapshots.push(written);
+    }
+    if (written) kept.saves += 1;
+    // Kept from the newest while both `retain` and the byte budget allow; from the first that does
+    // not fit on, all older ones go, so the oldest always go first. The newest stays even when it
+    // alone is over the budget: its event names it.
+    let count = 0;
+    let bytes = 0;
+    let firstKept = kept.snapshots.length;
+    while (firstKept > 0) {
+      const size = kept.snapshots[firstKept - 1]!.bytes;
+      if (count > 0 && (count >= this.retain || bytes + size > this.maxBytes)) break;
+      count += 1;
+      bytes += size;
+      firstKept -= 1;
+    }
+    const old = kept.snapshots.splice(0, firstKept);
+    for (const snapshot of old) {
+      await rm(snapshot.path, { force: true });
+      await rm(originalPathOf(snapshot.path), { force: true });
+    }
+  }
+
+  /** The camera's snapshots on disk, oldest first, each counted with its original; removes stale temp files and lone originals. */
+  async #scan(cameraDir: string): Promise<KeptSnapshot[]> {
     const names = await readdir(cameraDir);
     const now = Date.now();
     const snapshots: Array<{ path: string; name: string; mtimeNs: bigint; bytes: number }> = [];
@@ -185,24 +229,16 @@ export class SnapshotStore {
         snapshots.push({ path, name, mtimeNs: info.mtimeNs, bytes: Number(info.size) });
       }
     }
-    // Newest first; the name breaks ties of equal timestamps so the order is stable.
-    snapshots.sort((a, b) => (a.mtimeNs === b.mtimeNs ? b.name.localeCompare(a.name) : a.mtimeNs > b.mtimeNs ? -1 : 1));
-    // Kept from the newest while both `retain` and the byte budget allow; from the first that does
-    // not fit on, all older ones go, so the oldest always go first. The newest stays even when it
-    // alone is over the budget: its event names it.
-    let kept = 0;
-    let bytes = 0;
-    for (const snapshot of snapshots) {
-      const size = snapshot.bytes + (originalBytes.get(snapshot.path) ?? 0);
-      if (kept > 0 && (kept >= this.retain || bytes + size > this.maxBytes)) break;
-      kept += 1;
-      bytes += size;
-    }
-    for (const old of snapshots.slice(kept)) {
-      await rm(old.path, { force: true });
-      await rm(originalPathOf(old.path), { force: true });
-    }
+    // Oldest first; the name breaks ties of equal timestamps so the order is stable.
+    snapshots.sort((a, b) => (a.mtimeNs === b.mtimeNs ? a.name.localeCompare(b.name) : a.mtimeNs < b.mtimeNs ? -1 : 1));
+    return snapshots.map(({ path, bytes }) => ({ path, bytes: bytes + (originalBytes.get(path) ?? 0) }));
   }
+}
+
+/** A snapshot on disk and the bytes it takes with its original. */
+interface KeptSnapshot {
+  path: string;
+  bytes: number;
 }
 
 /** Where the original picture of the snapshot at `snapshotPath` is. */

@@ -160,7 +160,8 @@ describe('SnapshotStore files', () => {
     writeFileSync(fresh, 'x');
     const hourAgo = Date.now() / 1000 - 3600;
     utimesSync(stale, hourAgo, hourAgo);
-    await store.save({ camera: 'cam1', eventId: 'b', image: small, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
+    // The crash restarts the agent: a new store lists the folder again.
+    await new SnapshotStore({ dir: root, retain: 2 }).save({ camera: 'cam1', eventId: 'b', image: small, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
     expect(readdirSync(join(root, 'cam1')).sort()).toEqual(['.new.jpg.1.1.tmp', 'a.jpg', 'a.original.jpg', 'b.jpg', 'b.original.jpg']);
   });
 
@@ -174,7 +175,7 @@ describe('SnapshotStore files', () => {
     writeFileSync(fresh, 'x');
     const hourAgo = Date.now() / 1000 - 3600;
     utimesSync(old, hourAgo, hourAgo);
-    await store.save({ camera: 'cam1', eventId: 'b', image: small, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
+    await new SnapshotStore({ dir: root, retain: 5 }).save({ camera: 'cam1', eventId: 'b', image: small, map: flatMap, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
     expect(readdirSync(join(root, 'cam1')).sort()).toEqual(['a.jpg', 'a.original.jpg', 'b.jpg', 'b.original.jpg', 'saving.original.jpg']);
   });
 
