@@ -99,7 +99,11 @@ export class App {
     this.integrationSinks.push(feedback.sink);
     feedback.addRoutes(this.api);
     // (API routes are added here)
-    this.scheduler = new InferenceScheduler({ clock: this.clock, onRound: () => this.syncMqttMetrics() });
+    this.scheduler = new InferenceScheduler({
+      clock: this.clock,
+      onRound: () => this.syncMqttMetrics(),
+      handBack: (scored) => (this.publisher ? this.publisher.batchWrites(scored) : scored()),
+    });
     this.models = new ModelManager({ log: this.log, clock: this.clock, between: (change) => this.scheduler.between(change) });
     this.models.addRoutes(this.api);
     this.controller.add({ name: 'mqtt', start: () => this.startMqtt(), stop: () => this.stopMqtt() });

@@ -25,6 +25,11 @@ export interface SchedulerOptions {
   clock?: Clock;
   /** Called after every round that scored or failed frames (metrics sync). */
   onRound?: () => void;
+  /**
+   * Runs the hand-back of one batch's scores to its cameras; the agent passes the publisher's
+   * batchWrites, so the events those frames start or end are written to disk together.
+   */
+  handBack?: (scored: () => void) => void;
 }
 
 /**
@@ -38,6 +43,7 @@ export class InferenceScheduler {
   private readonly cameras: ScoringCamera[] = [];
   private readonly clock: Clock;
   private readonly onRound: () => void;
+  private readonly handBack: (scored: () => void) => void;
   private running: Promise<void> | undefined;
   private again = false;
   private stopped = false;
@@ -50,6 +56,7 @@ export class InferenceScheduler {
   constructor(options: SchedulerOptions = {}) {
     this.clock = options.clock ?? systemClock;
     this.onRound = options.onRound ?? (() => {});
+    this.handBack = options.handBack ?? ((scored) => scored());
   }
 
   add(camera: ScoringCamera): void {
@@ -156,7 +163,7 @@ export class InferenceScheduler {
       }
       const seconds = outputs.inferenceMs / 1000 / group.length;
       const blurred = await blurredMaps(bundle, outputs.map);
-      group.forEach(({ camera, frame }, i) => {
+      this.handBack(() => group.forEach(({ camera, frame }, i) => {
         let score: FrameScore;
         try {
           score = bundle.scorer.score(images[i]!, outputs.recon[i]!, outputs.mu[i]!, camera.ignoreMask, outputs.map?.[i], blurred?.[i]);
@@ -176,7 +183,7 @@ export class InferenceScheduler {
         } catch (error) {
           camera.failed(frame, error as Error);
         }
-      });
+      }));
     }
   }
 }

@@ -80,6 +80,8 @@ export class DurableOutbox {
   /** Bytes in the file as this outbox wrote it (live and dead lines). */
   private fileBytes = 0;
   private deadLines = 0;
+  /** Lines appended by add(..., deferSync) and not yet synced. */
+  private unsynced = false;
   private droppedCount = 0;
   /** Why the file cannot be written; undefined while durable. */
   private failure: Error | undefined;
@@ -171,15 +173,35 @@ export class DurableOutbox {
     return this.pending.values();
   }
 
-  add(topic: string, payload: string): OutboxEntry {
+  /**
+   * Appends the message; with `fsync`, on disk before this returns, unless `deferSync`: then
+   * the caller calls sync() after its last add of a burst (one fdatasync for all of them).
+   */
+  add(topic: string, payload: string, deferSync = false): OutboxEntry {
     const entry = { seq: this.nextSeq++, topic, payload, enqueuedAt: new Date(this.clock.now()).toISOString() };
     const bytes = lineBytes(entry);
     this.pending.set(entry.seq, { ...entry, bytes });
     this.liveBytes += bytes;
     const dropped = this.enforceBounds();
-    this.write([entry, ...dropped.map((old) => ({ dropped: old.seq }))], this.options.fsync ?? false);
+    // A closed outbox appends by path, with nothing open to sync later: it syncs each line itself.
+    const sync = this.options.fsync ?? false;
+    const defer = sync && deferSync && this.fd !== undefined;
+    this.write([entry, ...dropped.map((old) => ({ dropped: old.seq }))], sync && !defer);
+    if (defer) this.unsynced = true;
     for (const old of dropped) this.options.onDrop?.(old);
     return entry;
+  }
+
+  /** Puts what add(..., deferSync) appended on disk (fdatasync); a failure makes the outbox memory-only. */
+  sync(): void {
+    if (!this.unsynced) return;
+    this.unsynced = false;
+    if (this.failure || this.fd === undefined) return;
+    try {
+      fdatasyncSync(this.fd);
+    } catch (error) {
+      this.fail(error as Error);
+    }
   }
 
   /** The broker has the message: forget it. Unknown seqs (already dropped) are ignored. */

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
@@ -97,6 +98,46 @@ async function until(condition: () => boolean, what: string, timeoutMs = 5000): 
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+const hasStrace = (() => {
+  try {
+    execFileSync('strace', ['-V'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+/**
+ * The fdatasync and rename calls this process makes while `work` runs, counted by strace
+ * attached to it (every thread): what reaches the disk, not what the code says it does.
+ */
+async function syncCalls(work: () => void): Promise<{ fdatasync: number; rename: number }> {
+  const trace = join(newDataDir(), 'strace.txt');
+  const tracer = spawn('strace', ['-f', '-qq', '-e', 'trace=fdatasync,rename', '-o', trace, '-p', String(process.pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  tracer.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  // strace writes nothing until a call; a marker call says it is attached.
+  const marker = join(newDataDir(), 'attached');
+  await until(() => {
+    renameSync(writeMarker(marker), marker);
+    return existsSync(trace) && readFileSync(trace, 'utf8').includes(marker);
+  }, `strace to attach (${stderr.trim()})`);
+  const before = readFileSync(trace, 'utf8').split('\n').length;
+  work();
+  const exited = new Promise((resolve) => tracer.once('exit', resolve));
+  tracer.kill('SIGINT');
+  await exited;
+  const lines = readFileSync(trace, 'utf8').split('\n').slice(before - 1);
+  const count = (call: string) => lines.filter((line) => new RegExp(`^(\\[pid +\\d+\\] )?(\\d+ +)?${call}\\(`).test(line)).length;
+  return { fdatasync: count('fdatasync'), rename: count('rename') };
+}
+
+function writeMarker(target: string): string {
+  const temporary = `${target}.${Date.now()}.tmp`;
+  writeFileSync(temporary, 'x');
+  return temporary;
 }
 
 const onTopic = (topic: string) => (message: ReceivedMessage) => message.topic === topic;
@@ -389,6 +430,45 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
     await until(() => second.metrics().outboxSize === 0, 'the outbox to drain');
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(recorder.messages.map((m) => JSON.parse(m.payload))).toEqual([start, end]);
+  });
+
+  it.skipIf(!hasStrace)('writes the events of a batchWrites burst with one journal write and one outbox fdatasync, durable and in order', async () => {
+    const dataDir = newDataDir();
+    const publisher = newPublisher({ url: broker.url, dataDir });
+    await publisher.connect();
+    const recorder = await record(broker.url, 'linewatch/dev1/+/events');
+    const earlier = ['cam1', 'cam2'].map((camera) => makeEvent('start', { camera }));
+    for (const event of earlier) publisher.publishEvent(event);
+    const burst = [
+      ...['cam3', 'cam4', 'cam5', 'cam6', 'cam7', 'cam8'].map((camera) => makeEvent('start', { camera })),
+      ...earlier.map((start) => makeEvent('end', { id: start.id, camera: start.camera })),
+    ];
+    const journal = join(dataDir, 'mqtt-open-events.json');
+
+    const batched = await syncCalls(() =>
+      publisher.batchWrites(() => {
+        for (const event of burst) publisher.publishEvent(event);
+        // A camera name that cannot be a topic fails its own call, not the burst.
+        expect(() => publisher.publishEvent(makeEvent('start', { camera: 'bad/name' }))).toThrow(UsageError);
+      }),
+    );
+    // Durable when batchWrites returns: the starts in the journal, the ended events out of it.
+    const open = (JSON.parse(readFileSync(journal, 'utf8')) as AnomalyEventPayload[]).map((event) => event.camera).sort();
+    expect(open).toEqual(['cam3', 'cam4', 'cam5', 'cam6', 'cam7', 'cam8']);
+    // Journal with the starts, the outbox, journal without the ended events.
+    expect(batched).toEqual({ fdatasync: 3, rename: 2 });
+
+    const oneByOne = burst.slice(0, 6).map((start) => makeEvent('end', { id: start.id, camera: start.camera }));
+    const unbatched = await syncCalls(() => {
+      for (const event of oneByOne) publisher.publishEvent(event);
+    });
+    expect(unbatched).toEqual({ fdatasync: 12, rename: 6 });
+
+    const all = [...earlier, ...burst, ...oneByOne];
+    await recorder.waitForCount(() => true, all.length);
+    expect(recorder.messages.map((m) => (JSON.parse(m.payload) as AnomalyEventPayload).id + (JSON.parse(m.payload) as AnomalyEventPayload).type)).toEqual(
+      all.map((event) => event.id + event.type),
+    );
   });
 
   it('contains a failing stats provider: one warning, no crash, the rest keeps publishing', async () => {
