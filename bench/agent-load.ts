@@ -22,7 +22,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, sleep, slope, startMosquitto } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, sleep, slope, startMosquitto } from './measure.js';
 import { freePort, spawnAgent } from './net.js';
 
 // ---------------------------------------------------------------- settings
@@ -592,11 +592,6 @@ function printSummary(summary: Summary): void {
   console.table(summary.events);
   console.log('targets:');
   console.table(summary.targets);
-}
-
-function markdownTable(header: string[], rows: (string | number | null | undefined)[][]): string {
-  const cell = (value: string | number | null | undefined) => (value === null || value === undefined ? '–' : String(value));
-  return [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((row) => `| ${row.map(cell).join(' | ')} |`)].join('\n');
 }
 
 function markdownSummary(summary: Summary, jsonName: string): string {

@@ -21,7 +21,7 @@
  * Writes the JSON to --out after every step and a markdown summary next to it (same name, .md).
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,7 +30,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, sleep, slope, startMosquitto } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, sleep, slope, startMosquitto } from './measure.js';
 import { freePort, unitEnvironment } from './net.js';
 
 const mib = (bytes: number | undefined) => (bytes === undefined ? undefined : bytes / 1024 ** 2);
@@ -55,6 +55,10 @@ interface Settings {
   /** ffmpeg decoder threads per camera (`decodeThreads`); undefined: ffmpeg decides. */
   decodeThreads: number | undefined;
   snapshots: boolean;
+  /** Extra node flags for the agent, e.g. `--cpu-prof --cpu-prof-dir=DIR` to profile each step, or `--trace-gc`. */
+  agentNodeFlags: string[];
+  /** Keep each step's agent log here (agent-N.log); undefined: only in the temporary work folder. */
+  keepLogs: string | undefined;
 }
 
 const DEVICE_ID = 'capacity';
@@ -80,6 +84,8 @@ function parseSettings(argv: string[]): Settings {
       agent: { type: 'string', default: 'bin/linewatch.js' },
       'decode-threads': { type: 'string' },
       'no-snapshots': { type: 'boolean', default: false },
+      'agent-node-flags': { type: 'string', default: '' },
+      'keep-logs': { type: 'string' },
     },
     strict: true,
   });
@@ -123,6 +129,8 @@ function parseSettings(argv: string[]): Settings {
     agent,
     decodeThreads: values['decode-threads'] === undefined ? undefined : positive('decode-threads', values['decode-threads']),
     snapshots: !values['no-snapshots'],
+    agentNodeFlags: values['agent-node-flags']!.split(/\s+/).filter((flag) => flag !== ''),
+    keepLogs: values['keep-logs'] === undefined ? undefined : path.resolve(values['keep-logs']),
   };
 }
 
@@ -170,6 +178,8 @@ function machineFacts() {
 
 interface EventRecord {
   type: string;
+  topic: string;
+  at: string;
   receivedAt: number;
   latencyMs: number;
 }
@@ -181,7 +191,7 @@ async function subscribe(url: string) {
     const receivedAt = Date.now();
     if (!topic.endsWith('/events')) return;
     const event = JSON.parse(payload.toString('utf8')) as { type: string; at: string };
-    events.push({ type: event.type, receivedAt, latencyMs: receivedAt - Date.parse(event.at) });
+    events.push({ type: event.type, topic, at: event.at, receivedAt, latencyMs: receivedAt - Date.parse(event.at) });
   });
   await client.subscribeAsync(`linewatch/${DEVICE_ID}/+/events`, { qos: 1 });
   return { events, close: () => client.endAsync(true) };
@@ -291,7 +301,7 @@ function rotatedVideos(video: string, dir: string, most = 8): string[] {
 function spawnAgent(settings: Settings, configFile: string, logFile: string) {
   const logFd = openSync(logFile, 'w');
   // With the shipped unit's environment (MALLOC_ARENA_MAX...): memory is measured as the service runs.
-  const child = spawn(process.execPath, [settings.agent, 'run', '--config', configFile], { stdio: ['ignore', logFd, logFd], env: { ...process.env, ...unitEnvironment() } });
+  const child = spawn(process.execPath, [...settings.agentNodeFlags, settings.agent, 'run', '--config', configFile], { stdio: ['ignore', logFd, logFd], env: { ...process.env, ...unitEnvironment() } });
   closeSync(logFd);
   let gone = false;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
@@ -464,6 +474,11 @@ async function runStep(settings: Settings, cameras: number, videos: readonly str
     }
     await subscription.close().catch(() => undefined);
     broker.child.kill('SIGTERM');
+    if (settings.keepLogs) {
+      mkdirSync(settings.keepLogs, { recursive: true });
+      copyFileSync(path.join(workDir, 'agent.log'), path.join(settings.keepLogs, `agent-${cameras}.log`));
+      writeFileSync(path.join(settings.keepLogs, `events-${cameras}.json`), JSON.stringify(subscription.events, null, 1));
+    }
     rmSync(workDir, { recursive: true, force: true });
   }
 }
@@ -471,11 +486,6 @@ async function runStep(settings: Settings, cameras: number, videos: readonly str
 type Step = Awaited<ReturnType<typeof runStep>>;
 
 // ---------------------------------------------------------------- report
-
-function markdownTable(header: string[], rows: (string | number | null | undefined)[][]): string {
-  const cell = (value: string | number | null | undefined) => (value === null || value === undefined ? '–' : String(value));
-  return [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((row) => `| ${row.map(cell).join(' | ')} |`)].join('\n');
-}
 
 function summary(settings: Settings, machine: ReturnType<typeof machineFacts>, steps: Step[], complete: boolean) {
   const sustained = steps.filter((step) => step.sustained).map((step) => step.cameras);

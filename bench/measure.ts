@@ -173,4 +173,8 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-
+/** A markdown table; empty cells (null, undefined) show as a dash. */
+export function markdownTable(header: string[], rows: (string | number | null | undefined)[][]): string {
+  const cell = (value: string | number | null | undefined) => (value === null || value === undefined ? '–' : String(value));
+  return [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((row) => `| ${row.map(cell).join(' | ')} |`)].join('\n');
+}
