@@ -328,7 +328,7 @@ export const CameraSettingsSchema = z
       .regex(/^[A-Za-z0-9_]+$/, 'an ffmpeg decoder name, e.g. hevc_nvv4l2dec, h264_nvmpi, h264_cuvid')
       .optional()
       .describe('ffmpeg decoder for the stream (-c:v before -i), e.g. h264_nvmpi for a jetson-ffmpeg build or h264_cuvid; replaces the one the jetson preset picks.'),
-    decodeThreads: z.number().int().min(1).max(64).optional().describe('ffmpeg decoder threads (-threads before -i); 1-2 keeps many cameras from oversubscribing a small board. Default: ffmpeg decides.'),
+    decodeThreads: z.number().int().min(1).max(64).optional().describe('ffmpeg decoder threads (-threads before -i), for a stream one core cannot decode in real time; each extra frame thread delays every frame by one frame interval. Default: slice threads only (no added delay).'),
     keyframesOnly: z
       .boolean()
       .optional()

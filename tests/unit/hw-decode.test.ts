@@ -90,6 +90,7 @@ cameras:
     const input = inputSide(argsOf(camera!));
     expect(valueOf(input, '-hwaccel_device')).toBe('/dev/dri/renderD129');
     expect(valueOf(input, '-threads')).toBe('2');
+    expect(input).not.toContain('-thread_type');
     expect(valueOf(input, '-skip_frame')).toBe('nokey');
   });
 
@@ -102,6 +103,8 @@ cameras:
     expect(camera!.decoder).toBeUndefined();
     const input = inputSide(argsOf(camera!));
     for (const flag of ['-c:v', '-hwaccel', '-threads', '-skip_frame']) expect(input).not.toContain(flag);
+    // Slice threads only by default: frame threads would hold decoded frames back.
+    expect(valueOf(input, '-thread_type')).toBe('slice');
     expect(inputSide(buildFfmpegArgs({ url: 'rtsp://cam/1', width: 64, height: 64, hwaccel: 'vaapi' }))).toContain('/dev/dri/renderD128');
   });
 

@@ -40,7 +40,7 @@ describe('buildFfmpegArgs', () => {
 
   it('RTSP: TCP by default, a socket timeout in microseconds, raw frames of the model size on pipe:1', () => {
     const args = buildFfmpegArgs({ ...base, url: 'rtsp://cam/1', fps: 5, ioTimeoutMs: 4000 });
-    expect(args.slice(0, 6)).toEqual(['-hide_banner', '-nostdin', '-nostats', '-loglevel', 'level+info', '-rtsp_transport']);
+    expect(args.slice(0, 8)).toEqual(['-hide_banner', '-nostdin', '-nostats', '-loglevel', 'level+info', '-thread_type', 'slice', '-rtsp_transport']);
     expect(valueOf(args, '-rtsp_transport')).toBe('tcp');
     expect(valueOf(args, '-timeout')).toBe('4000000');
     expect(valueOf(args, '-i')).toBe('rtsp://cam/1');
