@@ -95,6 +95,9 @@ export class SnapshotStore {
   #tempCounter = 0;
   /** Each camera folder's snapshots, oldest first, and the saves since it was last listed (#keepWithinBounds). */
   readonly #kept = new Map<string, { snapshots: KeptSnapshot[]; saves: number }>();
+  /** Saves waiting for their turn (save), oldest first. */
+  #waiting: { target: string; input: SnapshotInput; settle: { resolve: (path: string) => void; reject: (error: unknown) => void }[] }[] = [];
+  #saving = false;
 
   constructor(options: SnapshotStoreOptions) {
     if (!Number.isInteger(options.retain) || options.retain < 1) {
@@ -125,9 +128,44 @@ export class SnapshotStore {
    * event (a new peak), then deletes the camera's oldest snapshots beyond `retain`. Returns its path.
    * Throws a LinewatchError saying what to do when the image cannot be rendered or the
    * disk refuses the write.
+   *
+   * One save at a time: when many cameras start events together, their renders take turns with
+   * the frames waiting for inference instead of running back to back on the event loop (each
+   * render draws its overlay in JS). A save still waiting when a newer one of the same event
+   * comes (a new peak) is replaced by it, so a slow disk cannot make the queue grow.
    */
-  async save(input: SnapshotInput): Promise<string> {
+  save(input: SnapshotInput): Promise<string> {
     const target = this.pathFor(input.camera, input.eventId);
+    return new Promise<string>((resolve, reject) => {
+      const waiting = this.#waiting.find((job) => job.target === target);
+      if (waiting) {
+        waiting.input = input;
+        waiting.settle.push({ resolve, reject });
+      } else {
+        this.#waiting.push({ target, input, settle: [{ resolve, reject }] });
+      }
+      void this.#saveInTurn();
+    });
+  }
+
+  async #saveInTurn(): Promise<void> {
+    if (this.#saving) return;
+    this.#saving = true;
+    try {
+      for (let job = this.#waiting.shift(); job !== undefined; job = this.#waiting.shift()) {
+        try {
+          const path = await this.#saveNow(job.target, job.input);
+          for (const { resolve } of job.settle) resolve(path);
+        } catch (error) {
+          for (const { reject } of job.settle) reject(error);
+        }
+      }
+    } finally {
+      this.#saving = false;
+    }
+  }
+
+  async #saveNow(target: string, input: SnapshotInput): Promise<string> {
     const jpeg = await renderSnapshot(input).catch((error: unknown) => {
       throw new LinewatchError(`cannot render the snapshot of event ${input.eventId} (${input.camera}): ${messageOf(error)}`, {
         hint: 'the preview JPEG or the frame is probably corrupt; the event is still published without a snapshot',

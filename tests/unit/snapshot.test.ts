@@ -150,6 +150,26 @@ describe('SnapshotStore files', () => {
     expect((await rgbAt(original, 10, 10))[0]).toBeGreaterThan(240);
   });
 
+  it('saves one at a time, and a waiting save of an event is replaced by its newer peak', async () => {
+    const root = join(dir, 'queue');
+    const store = new SnapshotStore({ dir: root, retain: 10 });
+    const save = (eventId: string, level: number, map = flatMap) =>
+      store.save({ camera: 'cam1', eventId, image: { ...small, pixels: new Uint8Array(16 * 16).fill(level) }, map, mapWidth: MAP_SIZE, mapHeight: MAP_SIZE });
+    const order: string[] = [];
+    const first = save('a', 10).then((path) => order.push(`a ${path}`));
+    // Both wait behind a: the newer peak of b replaces the older before either is rendered, so the
+    // older one's map, which could not be rendered (wrong size), is never tried.
+    const older = save('b', 10, new Float32Array(3)).then((path) => order.push(`b-older ${path}`));
+    const newer = save('b', 250).then((path) => order.push(`b-newer ${path}`));
+    const other = save('c', 10).then((path) => order.push(`c ${path}`));
+    await Promise.all([first, older, newer, other]);
+    const b = store.pathFor('cam1', 'b');
+    expect(order).toEqual([`a ${store.pathFor('cam1', 'a')}`, `b-older ${b}`, `b-newer ${b}`, `c ${store.pathFor('cam1', 'c')}`]);
+    const { readFile } = await import('node:fs/promises');
+    expect((await rgbAt(await readFile(originalPathOf(b)), 10, 10))[0]).toBeGreaterThan(240);
+    expect(readdirSync(join(root, 'cam1')).sort()).toEqual(['a.jpg', 'a.original.jpg', 'b.jpg', 'b.original.jpg', 'c.jpg', 'c.original.jpg']);
+  });
+
   it('cleans up temp files a crash left behind, but not fresh ones', async () => {
     const root = join(dir, 'stale');
     const store = new SnapshotStore({ dir: root, retain: 2 });
