@@ -1,6 +1,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import os from 'node:os';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 
@@ -194,6 +195,8 @@ describe.skipIf(!haveVideo || !haveFfmpeg)('CameraSource on a file (real ffmpeg)
     expect(pids).toHaveLength(1);
     expect(processExists(pids[0] ?? 0)).toBe(true);
     expect(ourFfmpegPids()).toContain(pids[0]);
+    // Decoding runs a step below the agent, so that many ffmpeg processes cannot hold its event loop back.
+    expect(os.getPriority(pids[0])).toBe(Math.min(19, os.getPriority() + 5));
     await source.stop();
     expect(processExists(pids[0] ?? 0)).toBe(false);
     expect(ourFfmpegPids()).toEqual([]);
