@@ -9,10 +9,26 @@ import type { FrameSource } from './camera.js';
 
 /** Share of the map's maximum above which pixels count as the anomalous region. */
 const BOX_LEVEL = 0.5;
+/**
+ * A rising event rewrites its snapshot at most this often (capture time); its end writes the final
+ * peak. Rewriting on every update was most of the snapshot work (48 cameras: about 8 renders per
+ * event), for pictures nobody looks at before the next one replaces them.
+ */
+export const SNAPSHOT_REFRESH_MS = 5000;
 
 interface ScoredEntry {
   frame: Frame;
   map: Float32Array;
+}
+
+/** The open event's peak frame, and which peak its snapshot file shows. */
+interface PeakPicture {
+  entry: ScoredEntry;
+  box: Box | null;
+  snapshot: string | null;
+  /** The peak the snapshot was last written from, and when (capture time). */
+  written: ScoredEntry | undefined;
+  writtenAtMs: number;
 }
 
 export interface EventPictureDeps {
@@ -32,7 +48,7 @@ export interface EventPictureDeps {
  */
 export class EventPictures {
   private readonly recent: ScoredEntry[] = [];
-  private peak: { entry: ScoredEntry; box: Box | null; snapshot: string | null } | undefined;
+  private peak: PeakPicture | undefined;
 
   constructor(private readonly deps: EventPictureDeps) {}
 
@@ -49,17 +65,23 @@ export class EventPictures {
     if (this.recent.length > this.deps.keep) this.recent.shift();
     if (trackerPeak && (!this.peak || this.peak.entry.frame.monotonicAt !== trackerPeak.timestampMs)) {
       const peakEntry = this.recent.find((candidate) => candidate.frame.monotonicAt === trackerPeak.timestampMs) ?? entry;
-      this.peak = { entry: peakEntry, box: this.boxOf(peakEntry), snapshot: this.peak?.snapshot ?? null };
+      this.peak = { ...(this.peak ?? { snapshot: null, written: undefined, writtenAtMs: -Infinity }), entry: peakEntry, box: this.boxOf(peakEntry) };
     }
   }
 
-  /** Box and snapshot for an event message; writes the snapshot of a new peak without holding the message back. */
+  /**
+   * Box and snapshot for an event message; writes the snapshot of a new peak without holding the
+   * message back: at the start, at the end, and in between at most every SNAPSHOT_REFRESH_MS.
+   */
   picture(message: EventMessage): { box: Box | null; snapshot: string | null } {
     const peak = this.peak;
     let snapshot = peak?.snapshot ?? null;
-    if (peak && message.type !== 'end' && this.deps.snapshots) {
-      snapshot = this.writeSnapshot(message.id, peak.entry, peak.box);
-      peak.snapshot = snapshot;
+    if (peak && peak.written !== peak.entry && this.deps.snapshots) {
+      const now = this.recent.at(-1)?.frame.monotonicAt ?? peak.entry.frame.monotonicAt;
+      if (message.type !== 'update' || now - peak.writtenAtMs >= SNAPSHOT_REFRESH_MS) {
+        snapshot = this.writeSnapshot(message.id, peak.entry, peak.box);
+        Object.assign(peak, { snapshot, written: peak.entry, writtenAtMs: now });
+      }
     }
     const picture = { box: peak?.box ?? null, snapshot };
     if (message.type === 'end') this.peak = undefined;
