@@ -52,7 +52,7 @@ interface Settings {
   variant: 'int8' | 'fp32';
   video: string;
   agent: string;
-  /** ffmpeg decoder threads per camera (`decodeThreads`); undefined: ffmpeg decides. */
+  /** ffmpeg decoder threads per camera (`decodeThreads`); undefined: the agent's default (slice threads only). */
   decodeThreads: number | undefined;
   snapshots: boolean;
   /** Extra node flags for the agent, e.g. `--cpu-prof --cpu-prof-dir=DIR` to profile each step, or `--trace-gc`. */
@@ -529,7 +529,7 @@ function markdown(result: Summary, jsonName: string): string {
     `Measured ${result.measuredAt} with \`${result.command}\`${result.complete ? '' : ' (interrupted: partial)'} (all figures: [${jsonName}](${jsonName})).`,
     '',
     `- Machine: ${machine.nproc} cores, ${machine.cpuModel}, ${machine.memoryGb} GiB, Linux ${machine.kernel}; Node ${machine.node}; ${machine.ffmpeg}; ${machine.mosquitto}. Load average at the start: ${machine.loadAverageAtStart.join(', ')}.`,
-    `- Each step: a fresh \`linewatch run\` with N cameras, each ${setup.video} (640x360 H.264, 29.97 fps) as a looped file at native speed (the cameras spread over copies of it rotated to start at each key frame, so that their events do not coincide); analysed at ${setup.fps} fps; model ${setup.model} (${setup.variant}); snapshots ${setup.snapshots ? 'on' : 'off'}, health page on; ffmpeg decoder threads: ${setup.decodeThreads ?? "ffmpeg's default"}; mosquitto on loopback, an mqtt.js subscriber on the events.`,
+    `- Each step: a fresh \`linewatch run\` with N cameras, each ${setup.video} (640x360 H.264, 29.97 fps) as a looped file at native speed (the cameras spread over copies of it rotated to start at each key frame, so that their events do not coincide); analysed at ${setup.fps} fps; model ${setup.model} (${setup.variant}); snapshots ${setup.snapshots ? 'on' : 'off'}, health page on; ffmpeg decoder threads: ${setup.decodeThreads ?? "the agent's default (slice threads only)"}; mosquitto on loopback, an mqtt.js subscriber on the events.`,
     `- ${setup.warmUpS} s warm-up, then a ${setup.stepS} s window; then the same ffmpeg command lines alone for ${setup.floorS} s (the decoding floor).`,
     `- Sustained: ${setup.sustainedMeans}.`,
     '',

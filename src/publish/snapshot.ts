@@ -135,8 +135,9 @@ export class SnapshotStore {
    * comes (a new peak) is replaced by it, so a slow disk cannot make the queue grow.
    */
   save(input: SnapshotInput): Promise<string> {
-    const target = this.pathFor(input.camera, input.eventId);
     return new Promise<string>((resolve, reject) => {
+      // Inside the promise: an unsafe name rejects, as every other failure of a save does.
+      const target = this.pathFor(input.camera, input.eventId);
       const waiting = this.#waiting.find((job) => job.target === target);
       if (waiting) {
         waiting.input = input;
