@@ -13,7 +13,7 @@
  * Writes the JSON to --out and a markdown summary next to it (same name, .md).
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,6 +24,7 @@ import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
 import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, sleep, slope, startMosquitto } from './measure.js';
 import { freePort, spawnAgent } from './net.js';
+import { modelAndVideo } from './options.js';
 
 // ---------------------------------------------------------------- settings
 
@@ -69,14 +70,7 @@ function parseSettings(argv: string[]): BenchSettings {
     }
     return value;
   };
-  const variant = values.variant;
-  if (variant !== 'int8' && variant !== 'fp32') throw new UsageError(`--variant must be int8 or fp32, got '${variant}'`);
-  const model = path.resolve(values.model!);
-  const video = path.resolve(values.video!);
-  if (!existsSync(path.join(model, 'manifest.json'))) {
-    throw new UsageError(`no model bundle at ${model} (manifest.json missing)`, { hint: 'pass --model <bundle folder>, e.g. models/demo' });
-  }
-  if (!existsSync(video)) throw new UsageError(`video ${video} not found`, { hint: 'pass --video <file>, e.g. assets/demo/bottle-detection.mp4' });
+  const { model, variant, video } = modelAndVideo(values);
   const durationS = positive('duration-s', values['duration-s']!, false);
   return {
     cameras: positive('cameras', values.cameras!, true),

@@ -32,6 +32,7 @@ import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
 import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, sleep, slope, startMosquitto } from './measure.js';
 import { freePort, unitEnvironment } from './net.js';
+import { cameraCounts, modelAndVideo, nonNegativeNumber, positiveNumber } from './options.js';
 
 const mib = (bytes: number | undefined) => (bytes === undefined ? undefined : bytes / 1024 ** 2);
 
@@ -89,37 +90,19 @@ function parseSettings(argv: string[]): Settings {
     },
     strict: true,
   });
-  const positive = (name: string, raw: string): number => {
-    const value = Number(raw);
-    if (!Number.isFinite(value) || value <= 0) throw new UsageError(`--${name} must be a positive number, got '${raw}'`);
-    return value;
-  };
-  const nonNegative = (name: string, raw: string): number => {
-    const value = Number(raw);
-    if (!Number.isFinite(value) || value < 0) throw new UsageError(`--${name} must be a number >= 0, got '${raw}'`);
-    return value;
-  };
-  const steps = values.steps!.split(',').map((part) => Number(part.trim()));
-  if (steps.length === 0 || steps.some((n) => !Number.isInteger(n) || n < 1)) {
-    throw new UsageError(`--steps must be a comma-separated list of camera counts, got '${values.steps}'`, { hint: 'e.g. --steps 8,16,32' });
-  }
-  const variant = values.variant;
-  if (variant !== 'int8' && variant !== 'fp32') throw new UsageError(`--variant must be int8 or fp32, got '${variant}'`);
-  const model = path.resolve(values.model!);
-  if (!existsSync(path.join(model, 'manifest.json'))) throw new UsageError(`no model bundle at ${model} (manifest.json missing)`);
-  const video = path.resolve(values.video!);
-  if (!existsSync(video)) throw new UsageError(`video ${video} not found`);
+  const steps = cameraCounts('steps', values.steps!, '8,16,32');
+  const { model, variant, video } = modelAndVideo(values);
   const agent = path.resolve(values.agent!);
   if (!existsSync(agent)) throw new UsageError(`agent launcher ${agent} not found`, { hint: 'e.g. --agent bin/linewatch.js' });
   const share = Number(values['min-rate-share']);
   if (!(share > 0 && share <= 1)) throw new UsageError(`--min-rate-share must be in (0, 1], got '${values['min-rate-share']}'`);
   return {
     steps,
-    stepS: positive('step-s', values['step-s']!),
-    warmUpS: nonNegative('warm-up-s', values['warm-up-s']!),
-    floorS: positive('floor-s', values['floor-s']!),
-    fps: positive('fps', values.fps!),
-    latencyP99MaxMs: positive('latency-p99-ms', values['latency-p99-ms']!),
+    stepS: positiveNumber('step-s', values['step-s']!),
+    warmUpS: nonNegativeNumber('warm-up-s', values['warm-up-s']!),
+    floorS: positiveNumber('floor-s', values['floor-s']!),
+    fps: positiveNumber('fps', values.fps!),
+    latencyP99MaxMs: positiveNumber('latency-p99-ms', values['latency-p99-ms']!),
     minRateShare: share,
     allSteps: values['all-steps']!,
     out: path.resolve(values.out!),
@@ -127,7 +110,7 @@ function parseSettings(argv: string[]): Settings {
     variant,
     video,
     agent,
-    decodeThreads: values['decode-threads'] === undefined ? undefined : positive('decode-threads', values['decode-threads']),
+    decodeThreads: values['decode-threads'] === undefined ? undefined : positiveNumber('decode-threads', values['decode-threads']),
     snapshots: !values['no-snapshots'],
     agentNodeFlags: values['agent-node-flags']!.split(/\s+/).filter((flag) => flag !== ''),
     keepLogs: values['keep-logs'] === undefined ? undefined : path.resolve(values['keep-logs']),
@@ -135,10 +118,6 @@ function parseSettings(argv: string[]): Settings {
 }
 
 // ---------------------------------------------------------------- helpers
-
-
-
-
 
 function videoDurationS(video: string): number {
   try {
@@ -174,7 +153,6 @@ function machineFacts() {
 }
 
 // ---------------------------------------------------------------- mosquitto and the subscriber
-
 
 interface EventRecord {
   type: string;

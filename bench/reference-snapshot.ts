@@ -2,7 +2,7 @@
  * renderSnapshot as it was before the overlay was drawn in JS: sharp resizes the colour map
  * (linear), composites it and an SVG box outline (librsvg) onto the base. The reference picture
  * the hand-written overlay must match (tests/unit/snapshot.test.ts) and the baseline it is timed
- * against (bench/snapshot-render.ts).
+ * against (bench/snapshot-render.ts), with the map both draw.
  */
 import sharp, { type OverlayOptions } from 'sharp';
 import { colourMap, type SnapshotInput } from '../src/publish/snapshot.js';
@@ -78,3 +78,15 @@ function clampBox(box: Box, size: Size): Box {
   return { x, y, width: Math.max(1, Math.min(box.width, size.width - x)), height: Math.max(1, Math.min(box.height, size.height - y)) };
 }
 
+/** A 112x64 map like the model's: a blurred hot spot and a weaker one on seeded speckle. */
+export function realisticMap(width = 112, height = 64): Float32Array {
+  let seed = 12345;
+  const random = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  const map = new Float32Array(width * height);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      map[y * width + x] = 0.05 + 0.08 * random() + 0.9 * Math.exp(-((x - 70) ** 2 / 60 + (y - 26) ** 2 / 30)) + 0.4 * Math.exp(-((x - 20) ** 2 + (y - 50) ** 2) / 40);
+    }
+  }
+  return map;
+}

@@ -36,6 +36,7 @@ import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
 import { markdownTable, percentile, readMachineCpu, round, sleep, startMosquitto } from './measure.js';
 import { freePort, spawnAgent, type BenchAgent } from './net.js';
+import { cameraCounts, modelAndVideo, positiveNumber } from './options.js';
 
 // ---------------------------------------------------------------- settings
 
@@ -96,38 +97,25 @@ function parseSettings(argv: string[]): Settings {
     },
     strict: true,
   });
-  const positive = (name: string, raw: string): number => {
-    const value = Number(raw);
-    if (!Number.isFinite(value) || value <= 0) throw new UsageError(`--${name} must be a positive number, got '${raw}'`);
-    return value;
-  };
-  const cameras = values.cameras!.split(',').map((part) => Number(part.trim()));
-  if (cameras.length === 0 || cameras.some((n) => !Number.isInteger(n) || n < 1)) {
-    throw new UsageError(`--cameras must be a comma-separated list of camera counts, got '${values.cameras}'`, { hint: 'e.g. --cameras 1,4' });
-  }
-  const variant = values.variant;
-  if (variant !== 'int8' && variant !== 'fp32') throw new UsageError(`--variant must be int8 or fp32, got '${variant}'`);
-  const model = path.resolve(values.model!);
-  if (!existsSync(path.join(model, 'manifest.json'))) throw new UsageError(`no model bundle at ${model} (manifest.json missing)`);
-  const video = path.resolve(values.video!);
-  if (!existsSync(video)) throw new UsageError(`video ${video} not found`);
+  const cameras = cameraCounts('cameras', values.cameras!, '1,4');
+  const { model, variant, video } = modelAndVideo(values);
   if (!existsSync(values.python!)) throw new UsageError(`${values.python} not found`, { hint: 'the RTSP server needs a python3 with GStreamer (gi): --python /usr/bin/python3' });
-  const periodS = positive('period-s', values['period-s']!);
-  const anomalyS = positive('anomaly-s', values['anomaly-s']!);
+  const periodS = positiveNumber('period-s', values['period-s']!);
+  const anomalyS = positiveNumber('anomaly-s', values['anomaly-s']!);
   if (FIRST_S + SPREAD_S + anomalyS >= periodS) throw new UsageError(`--anomaly-s must leave normal frames in each period (${FIRST_S + SPREAD_S} s + anomaly < --period-s ${periodS})`);
   return {
     cameras,
-    durationS: positive('duration-s', values['duration-s']!),
-    fps: positive('fps', values.fps!),
-    warmUpS: positive('warm-up-s', values['warm-up-s']!),
+    durationS: positiveNumber('duration-s', values['duration-s']!),
+    fps: positiveNumber('fps', values.fps!),
+    warmUpS: positiveNumber('warm-up-s', values['warm-up-s']!),
     periodS,
     anomalyS,
-    downS: positive('down-s', values['down-s']!),
-    settleS: positive('settle-s', values['settle-s']!),
-    p99TargetMs: positive('p99-target-ms', values['p99-target-ms']!),
+    downS: positiveNumber('down-s', values['down-s']!),
+    settleS: positiveNumber('settle-s', values['settle-s']!),
+    p99TargetMs: positiveNumber('p99-target-ms', values['p99-target-ms']!),
     snapshots: !values['no-snapshots'],
     faults: values.faults!,
-    decodeThreads: values['decode-threads'] === undefined ? undefined : Number(values['decode-threads']),
+    decodeThreads: values['decode-threads'] === undefined ? undefined : positiveNumber('decode-threads', values['decode-threads']),
     out: path.resolve(values.out!),
     model,
     variant,

@@ -20,25 +20,11 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import sharp from 'sharp';
 import { leanImageMemory, renderSnapshot, type SnapshotInput } from '../src/publish/snapshot.js';
-import { referenceRender } from './reference-snapshot.js';
+import { realisticMap, referenceRender } from './reference-snapshot.js';
 
 const WARM_UP_RUNS = 10;
 /** Renders of one variant per round; rounds alternate the variants. */
 const ROUND = 10;
-
-// ------------------------------------------------------------------ inputs
-
-function realisticMap(width = 112, height = 64): Float32Array {
-  let seed = 12345;
-  const random = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
-  const map = new Float32Array(width * height);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      map[y * width + x] = 0.05 + 0.08 * random() + 0.9 * Math.exp(-((x - 70) ** 2 / 60 + (y - 26) ** 2 / 30)) + 0.4 * Math.exp(-((x - 20) ** 2 + (y - 50) ** 2) / 40);
-    }
-  }
-  return map;
-}
 
 // ------------------------------------------------------------------ timing
 

@@ -6,7 +6,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinewatchError, UsageError } from '../../src/errors.js';
 import { colourMap, originalPathOf, renderSnapshot, SnapshotStore, type SnapshotInput } from '../../src/publish/snapshot.js';
-import { referenceRender } from '../../bench/reference-snapshot.js';
+import { realisticMap, referenceRender } from '../../bench/reference-snapshot.js';
 import { anomalyBox, toSourceBox, type Box } from '../../src/scoring/region.js';
 
 const VIDEO = '../shared/data/videos/bottle-detection.mp4';
@@ -248,18 +248,6 @@ describe('colourMap', () => {
 // ------------------------------------------------------------------ new render vs reference
 
 const DEMO_VIDEO = 'assets/demo/bottle-detection.mp4';
-/** A 112x64 map like the model's: a blurred hot spot and a weaker one on seeded speckle. */
-function realisticMap(width = 112, height = 64): Float32Array {
-  let seed = 12345;
-  const random = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
-  const map = new Float32Array(width * height);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      map[y * width + x] = 0.05 + 0.08 * random() + 0.9 * Math.exp(-((x - 70) ** 2 / 60 + (y - 26) ** 2 / 30)) + 0.4 * Math.exp(-((x - 20) ** 2 + (y - 50) ** 2) / 40);
-    }
-  }
-  return map;
-}
 
 async function decoded(jpeg: Buffer): Promise<{ data: Buffer; width: number; height: number }> {
   const { data, info } = await sharp(jpeg).toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
