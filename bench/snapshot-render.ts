@@ -5,7 +5,9 @@
  * process, with leanImageMemory() as `linewatch run` applies it (no libvips cache, one libvips
  * thread), runs interleaved in rounds so that load from other processes hits both alike, warm-up
  * excluded. CPU time is process.cpuUsage() (user + system, all threads: libvips' included) over
- * each round, divided by its renders. Prints a table and writes JSON.
+ * each round, divided by its renders. Then, apart (it spins the loop), the longest time the event
+ * loop stood still during a render, with the blend in slices as the agent runs it and in one go.
+ * Prints a table and writes JSON.
  *
  *   node dist-bench/bench/snapshot-render.js [out.json] [--runs 200] [--video assets/demo/bottle-detection.mp4]
  *
@@ -56,6 +58,44 @@ async function compare(input: SnapshotInput, runs: number): Promise<{ old: Timin
   return { old: timing('old'), new: timing('new') };
 }
 
+/**
+ * The longest time the event loop could not turn during one render (ms), per render: a chained
+ * setImmediate notes the gaps between its turns. Its own spinning costs CPU, so this runs apart
+ * from the CPU timing. Sliced is renderSnapshot as the agent calls it; in one go gives it a pause
+ * that does not yield.
+ */
+async function loopStalls(input: SnapshotInput, runs: number): Promise<{ slicedMs: Stall; inOneGoMs: Stall }> {
+  const longest = async (pause?: () => Promise<void>): Promise<Stall> => {
+    const perRender: number[] = [];
+    for (let i = 0; i < WARM_UP_RUNS + runs; i++) {
+      let worst = 0;
+      let last = performance.now();
+      let rendering = true;
+      const turn = () => {
+        const now = performance.now();
+        worst = Math.max(worst, now - last);
+        last = now;
+        if (rendering) setImmediate(turn);
+      };
+      setImmediate(turn);
+      await renderSnapshot(input, pause);
+      rendering = false;
+      worst = Math.max(worst, performance.now() - last);
+      if (i >= WARM_UP_RUNS) perRender.push(worst);
+    }
+    perRender.sort((a, b) => a - b);
+    return { median: perRender[Math.floor(perRender.length / 2)]!, max: perRender.at(-1)! };
+  };
+  const inOneGoMs = await longest(async () => {});
+  const slicedMs = await longest();
+  return { slicedMs, inOneGoMs };
+}
+
+interface Stall {
+  median: number;
+  max: number;
+}
+
 async function main(): Promise<void> {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
@@ -84,7 +124,7 @@ async function main(): Promise<void> {
     },
   };
 
-  const results: Record<string, { old: Timing; new: Timing; cpuRatio: number }> = {};
+  const results: Record<string, { old: Timing; new: Timing; cpuRatio: number; longestLoopStall?: { slicedMs: Stall; inOneGoMs: Stall } }> = {};
   console.log(`snapshot render, ${runs} runs each (interleaved, ${WARM_UP_RUNS} warm-up), leanImageMemory(), CPU ${os.cpus()[0]?.model ?? 'unknown'} x${os.cpus().length}, load ${os.loadavg()[0]!.toFixed(2)}`);
   console.log(`${'case'.padEnd(50)}${'old CPU ms'.padStart(12)}${'new CPU ms'.padStart(12)}${'ratio'.padStart(8)}${'old wall'.padStart(10)}${'new wall'.padStart(10)}`);
   for (const [name, input] of Object.entries(cases)) {
@@ -95,6 +135,12 @@ async function main(): Promise<void> {
       `${name.padEnd(50)}${timing.old.cpuMsPerRender.toFixed(2).padStart(12)}${timing.new.cpuMsPerRender.toFixed(2).padStart(12)}${`${cpuRatio.toFixed(2)}x`.padStart(8)}` +
         `${timing.old.wallMsPerRender.toFixed(2).padStart(10)}${timing.new.wallMsPerRender.toFixed(2).padStart(10)}`,
     );
+  }
+  console.log(`\nlongest event-loop stall per render of the new path, ms (median / max of ${runs}): blend in slices (as the agent runs it) against in one go`);
+  for (const [name, input] of Object.entries(cases)) {
+    const stalls = await loopStalls(input, runs);
+    results[name]!.longestLoopStall = stalls;
+    console.log(`${name.padEnd(50)} sliced ${stalls.slicedMs.median.toFixed(2)} / ${stalls.slicedMs.max.toFixed(2)}   in one go ${stalls.inOneGoMs.median.toFixed(2)} / ${stalls.inOneGoMs.max.toFixed(2)}`);
   }
   const result = {
     benchmark: 'snapshot-render',

@@ -310,8 +310,9 @@ export function modelFrameJpeg(frame: { pixels: Uint8Array; width: number; heigh
  * box ~3 ms of a ~23 ms render (decode 2.4 ms, encode 4.5 ms), and 20 cameras starting events
  * together made that a CPU burst that delayed event delivery. The picture is the same as that
  * path's (tests/unit/snapshot.test.ts keeps it as the reference; bench/snapshot-render.ts times both).
+ * The blend awaits `pause` between slices of rows (BLEND_PIXELS_PER_SLICE).
  */
-export async function renderSnapshot(input: SnapshotInput): Promise<Buffer> {
+export async function renderSnapshot(input: SnapshotInput, pause: () => Promise<void> = nextTurnOfEventLoop): Promise<Buffer> {
   const { map, mapWidth, mapHeight } = input;
   if (map.length !== mapWidth * mapHeight || mapWidth <= 0 || mapHeight <= 0) {
     throw new RangeError(`map has ${map.length} values, expected ${mapWidth}x${mapHeight}`);
@@ -325,7 +326,7 @@ export async function renderSnapshot(input: SnapshotInput): Promise<Buffer> {
   const top = Math.round((region.y - base.view.y) * base.scaleY);
   const overlayWidth = Math.max(1, Math.min(width - left, Math.round(region.width * base.scaleX)));
   const overlayHeight = Math.max(1, Math.min(height - top, Math.round(region.height * base.scaleY)));
-  blendOverlay(rgb, width, height, colourMap(map, mapWidth, mapHeight, input.scoreLevel), mapWidth, mapHeight, { x: left, y: top, width: overlayWidth, height: overlayHeight });
+  await blendOverlay(rgb, width, height, colourMap(map, mapWidth, mapHeight, input.scoreLevel), mapWidth, mapHeight, { x: left, y: top, width: overlayWidth, height: overlayHeight }, pause);
 
   if (input.box) {
     const x = (input.box.x - base.view.x) * base.scaleX;
@@ -363,7 +364,16 @@ function bilinearTaps(outSize: number, inSize: number): { first: Int32Array; sec
  * picture x (1 - alpha)). `area` lies inside the picture except for a negative-free overhang
  * that is clipped.
  */
-function blendOverlay(rgb: Uint8Array, width: number, height: number, rgba: Uint8Array, mapWidth: number, mapHeight: number, area: Box): void {
+async function blendOverlay(
+  rgb: Uint8Array,
+  width: number,
+  height: number,
+  rgba: Uint8Array,
+  mapWidth: number,
+  mapHeight: number,
+  area: Box,
+  pause: () => Promise<void>,
+): Promise<void> {
   const { x: left, y: top, width: areaWidth, height: areaHeight } = area;
   // Premultiplied colour (0..255) and alpha (0..1) of each map cell.
   const cells = mapWidth * mapHeight;
@@ -395,7 +405,10 @@ function blendOverlay(rgb: Uint8Array, width: number, height: number, rgba: Uint
   }
   const x0 = Math.max(0, -left);
   const x1 = Math.min(areaWidth, width - left);
-  for (let y = Math.max(0, -top); y < areaHeight && top + y < height; y++) {
+  const rowsPerSlice = Math.max(1, Math.floor(BLEND_PIXELS_PER_SLICE / Math.max(1, x1 - x0)));
+  const firstRow = Math.max(0, -top);
+  for (let y = firstRow; y < areaHeight && top + y < height; y++) {
+    if (y > firstRow && (y - firstRow) % rowsPerSlice === 0) await pause();
     const a = rows.first[y]! * areaWidth * 4;
     const b = rows.second[y]! * areaWidth * 4;
     const w = rows.weight[y]!;
@@ -414,6 +427,19 @@ function blendOverlay(rgb: Uint8Array, width: number, height: number, rgba: Uint
       }
     }
   }
+}
+
+/**
+ * Output pixels blended between two pauses (turns of the event loop): about 0.4 ms of work here.
+ * A render shares the agent's one JS thread with inference. Blending a 640x360 preview in one go
+ * held that thread for 4-5 ms, and four cameras starting events together put about 20 ms of it in
+ * front of the next inference round: the capture -> event tail at 4 cameras. In slices, a waiting
+ * round runs between two of them.
+ */
+export const BLEND_PIXELS_PER_SLICE = 25_000;
+
+function nextTurnOfEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }
 
 const BOX_COLOUR = [0xff, 0x2d, 0x2d] as const;
@@ -554,10 +580,9 @@ export function colourMap(map: Float32Array, width: number, height: number, leve
   for (let i = 0; i < width * height; i++) {
     const value = map[i]!;
     const t = span > 0 && Number.isFinite(value) ? Math.min(1, Math.max(0, (value - low) / span)) : 0;
-    const [r, g, b] = turbo(t);
-    rgba[i * 4] = r;
-    rgba[i * 4 + 1] = g;
-    rgba[i * 4 + 2] = b;
+    rgba[i * 4] = turboChannel(TURBO.red, t);
+    rgba[i * 4 + 1] = turboChannel(TURBO.green, t);
+    rgba[i * 4 + 2] = turboChannel(TURBO.blue, t);
     rgba[i * 4 + 3] = Math.round(255 * OVERLAY_MAX_ALPHA * t);
   }
   return rgba;
@@ -570,13 +595,11 @@ const TURBO = {
   blue: [0.1066733, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
 };
 
-function turbo(t: number): [number, number, number] {
-  const channel = (coefficients: number[]): number => {
-    let value = 0;
-    for (let i = coefficients.length - 1; i >= 0; i--) value = value * t + coefficients[i]!;
-    return Math.round(255 * Math.min(1, Math.max(0, value)));
-  };
-  return [channel(TURBO.red), channel(TURBO.green), channel(TURBO.blue)];
+/** One channel (0..255) of the colour at t: Horner's rule, no allocation (it runs for every map cell). */
+function turboChannel(coefficients: readonly number[], t: number): number {
+  let value = 0;
+  for (let i = coefficients.length - 1; i >= 0; i--) value = value * t + coefficients[i]!;
+  return Math.round(255 * Math.min(1, Math.max(0, value)));
 }
 
 function clampBox(box: Box, size: Size): Box {

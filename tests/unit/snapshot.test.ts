@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinewatchError, UsageError } from '../../src/errors.js';
-import { colourMap, originalPathOf, renderSnapshot, SnapshotStore, type SnapshotInput } from '../../src/publish/snapshot.js';
+import { BLEND_PIXELS_PER_SLICE, colourMap, originalPathOf, renderSnapshot, SnapshotStore, type SnapshotInput } from '../../src/publish/snapshot.js';
 import { realisticMap, referenceRender } from '../../bench/reference-snapshot.js';
 import { anomalyBox, toSourceBox, type Box } from '../../src/scoring/region.js';
 
@@ -389,6 +389,20 @@ describe('renderSnapshot against the libvips composite it replaced', () => {
         expect(ours.data[i + 2]).toBeLessThan(80);
       }
     }
+  });
+
+  it('blends in slices with the event loop free between them, and the same picture as in one go', async () => {
+    // The crop case: the overlay covers 367x300 output pixels, so a slice is floor(25000 / 367) rows.
+    const input = await cases[2]!.input();
+    let pauses = 0;
+    const sliced = await renderSnapshot(input, () => {
+      pauses++;
+      return new Promise((resolve) => setImmediate(resolve));
+    });
+    const whole = await renderSnapshot(input, async () => {});
+    const rowsPerSlice = Math.floor(BLEND_PIXELS_PER_SLICE / 367);
+    expect(pauses).toBe(Math.ceil(300 / rowsPerSlice) - 1);
+    expect(sliced.equals(whole)).toBe(true);
   });
 
   it('matches the reference for a model-input frame (no preview), grey and colour, with crop and box', async () => {
