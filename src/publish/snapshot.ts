@@ -374,7 +374,22 @@ async function blendOverlay(
   area: Box,
   pause: () => Promise<void>,
 ): Promise<void> {
-  const { x: left, y: top, width: areaWidth, height: areaHeight } = area;
+  const { width: areaWidth, height: areaHeight } = area;
+  const rows = bilinearTaps(areaHeight, mapHeight);
+  const stretched = takeScratch(mapHeight * areaWidth * 4);
+  try {
+    stretchMapRows(rgba, mapWidth, mapHeight, areaWidth, stretched);
+    await blendRows(rgb, width, height, stretched, rows, area, pause);
+  } finally {
+    giveBackScratch(stretched);
+  }
+}
+
+/**
+ * Each map row, premultiplied, stretched to `areaWidth` into `stretched`; every output row then
+ * mixes two of them.
+ */
+function stretchMapRows(rgba: Uint8Array, mapWidth: number, mapHeight: number, areaWidth: number, stretched: Float32Array): void {
   // Premultiplied colour (0..255) and alpha (0..1) of each map cell.
   const cells = mapWidth * mapHeight;
   const premultiplied = new Float32Array(cells * 4);
@@ -386,9 +401,6 @@ async function blendOverlay(
     premultiplied[i * 4 + 3] = alpha;
   }
   const columns = bilinearTaps(areaWidth, mapWidth);
-  const rows = bilinearTaps(areaHeight, mapHeight);
-  // Each map row stretched to the area's width once; every output row then mixes two of them.
-  const stretched = new Float32Array(mapHeight * areaWidth * 4);
   for (let my = 0; my < mapHeight; my++) {
     const rowIn = my * mapWidth * 4;
     const rowOut = my * areaWidth * 4;
@@ -403,6 +415,19 @@ async function blendOverlay(
       }
     }
   }
+}
+
+/** The output rows of `area`, each mixing two stretched map rows over the picture, in slices with `pause` between them. */
+async function blendRows(
+  rgb: Uint8Array,
+  width: number,
+  height: number,
+  stretched: Float32Array,
+  rows: ReturnType<typeof bilinearTaps>,
+  area: Box,
+  pause: () => Promise<void>,
+): Promise<void> {
+  const { x: left, y: top, width: areaWidth, height: areaHeight } = area;
   const x0 = Math.max(0, -left);
   const x1 = Math.min(areaWidth, width - left);
   const rowsPerSlice = Math.max(1, Math.floor(BLEND_PIXELS_PER_SLICE / Math.max(1, x1 - x0)));
@@ -437,6 +462,28 @@ async function blendOverlay(
  * round runs between two of them.
  */
 export const BLEND_PIXELS_PER_SLICE = 25_000;
+
+/**
+ * Stretched-map arrays, reused from render to render. A render spans several turns of the event
+ * loop (its slices), so a fresh array would outlive young-generation collections and wait for a
+ * full GC to be freed: 4 cameras at 10 fps rose to about 175 MB resident instead of 150. One per
+ * render running at once (the snapshot store renders one at a time; a live heatmap view may add one).
+ */
+const stretchedScratch: Float32Array[] = [];
+const MAX_SCRATCH_KEPT = 2;
+
+function takeScratch(length: number): Float32Array {
+  const index = stretchedScratch.findIndex((array) => array.length >= length);
+  const array = index >= 0 ? stretchedScratch.splice(index, 1)[0]! : new Float32Array(length);
+  return array.length === length ? array : array.subarray(0, length);
+}
+
+function giveBackScratch(array: Float32Array): void {
+  const whole = new Float32Array(array.buffer, 0, array.buffer.byteLength / Float32Array.BYTES_PER_ELEMENT);
+  stretchedScratch.push(whole);
+  // The largest ones are kept: they serve every size.
+  stretchedScratch.sort((a, b) => b.length - a.length).splice(MAX_SCRATCH_KEPT);
+}
 
 function nextTurnOfEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));

@@ -405,6 +405,14 @@ describe('renderSnapshot against the libvips composite it replaced', () => {
     expect(sliced.equals(whole)).toBe(true);
   });
 
+  it('gives each of two renders running at once (interleaved slices) its own picture', async () => {
+    const [first, second] = [await cases[1]!.input(), await cases[2]!.input()];
+    const alone = [await renderSnapshot(first), await renderSnapshot(second)];
+    const together = await Promise.all([renderSnapshot(first), renderSnapshot(second)]);
+    expect(together[0]!.equals(alone[0]!)).toBe(true);
+    expect(together[1]!.equals(alone[1]!)).toBe(true);
+  });
+
   it('matches the reference for a model-input frame (no preview), grey and colour, with crop and box', async () => {
     const crop = { x: 400, y: 60, width: 240, height: 280 };
     const source = { width: 640, height: 360 };
