@@ -58,7 +58,9 @@ export async function startEmbeddedBroker(options: EmbeddedBrokerOptions = {}): 
     },
   });
   const sockets = new Set<Socket>();
-  const server = createServer((socket) => {
+  // No Nagle: an event right after another one would wait for the delayed ACK of the first, up
+  // to 40 ms on Linux (tests/e2e/publish-broker.test.ts has the figures).
+  const server = createServer({ noDelay: true }, (socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
     aedes.handle(socket);

@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { execFileSync, spawn } from 'node:child_process';
-import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
@@ -21,6 +20,7 @@ import {
   type ReceivedMessage,
 } from '../helpers/mosquitto.js';
 import { payloadValidator } from '../helpers/payloads.js';
+import { countCalls, hasStrace, syscallsDuring } from '../helpers/strace.js';
 
 // Strict, except that `required` in the event's if/then names properties declared one level up.
 const ajv = new Ajv2020({ strict: true, strictRequired: false, allErrors: true });
@@ -100,44 +100,10 @@ async function until(condition: () => boolean, what: string, timeoutMs = 5000): 
   }
 }
 
-const hasStrace = (() => {
-  try {
-    execFileSync('strace', ['-V'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-
-/**
- * The fdatasync and rename calls this process makes while `work` runs, counted by strace
- * attached to it (every thread): what reaches the disk, not what the code says it does.
- */
+/** The fdatasync and rename calls this process makes while `work` runs (strace). */
 async function syncCalls(work: () => void): Promise<{ fdatasync: number; rename: number }> {
-  const trace = join(newDataDir(), 'strace.txt');
-  const tracer = spawn('strace', ['-f', '-qq', '-e', 'trace=fdatasync,rename', '-o', trace, '-p', String(process.pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  tracer.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  // strace writes nothing until a call; a marker call says it is attached.
-  const marker = join(newDataDir(), 'attached');
-  await until(() => {
-    renameSync(writeMarker(marker), marker);
-    return existsSync(trace) && readFileSync(trace, 'utf8').includes(marker);
-  }, `strace to attach (${stderr.trim()})`);
-  const before = readFileSync(trace, 'utf8').split('\n').length;
-  work();
-  const exited = new Promise((resolve) => tracer.once('exit', resolve));
-  tracer.kill('SIGINT');
-  await exited;
-  const lines = readFileSync(trace, 'utf8').split('\n').slice(before - 1);
-  const count = (call: string) => lines.filter((line) => new RegExp(`^(\\[pid +\\d+\\] )?(\\d+ +)?${call}\\(`).test(line)).length;
-  return { fdatasync: count('fdatasync'), rename: count('rename') };
-}
-
-function writeMarker(target: string): string {
-  const temporary = `${target}.${Date.now()}.tmp`;
-  writeFileSync(temporary, 'x');
-  return temporary;
+  const lines = await syscallsDuring(['fdatasync', 'rename'], work);
+  return { fdatasync: countCalls(lines, 'fdatasync'), rename: countCalls(lines, 'rename') };
 }
 
 const onTopic = (topic: string) => (message: ReceivedMessage) => message.topic === topic;
