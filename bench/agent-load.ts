@@ -8,7 +8,12 @@
  *
  *   node dist-bench/bench/agent-load.js [--cameras 4] [--fps 10] [--duration-s 600] [--baseline-s 20]
  *     [--out docs/benchmarks/agent-load.json] [--model models/demo] [--video assets/demo/bottle-detection.mp4]
- *     [--variant int8] [--cpu-prof <dir>]
+ *     [--variant int8] [--cpu-prof <dir>] [--no-delay]
+ *
+ * --no-delay: mosquitto with `set_tcp_nodelay true` and TCP_NODELAY on the subscriber. The stock
+ * broker keeps Nagle's algorithm on its sockets, which holds a small message back until the
+ * previous one is acknowledged: tens of ms at the tail that are the broker's, not the agent's
+ * (the agent sets TCP_NODELAY on its own connection).
  *
  * Writes the JSON to --out and a markdown summary next to it (same name, .md).
  */
@@ -22,7 +27,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, sleep, slope, startMosquitto } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto } from './measure.js';
 import { freePort, spawnAgent } from './net.js';
 import { modelAndVideo } from './options.js';
 
@@ -39,6 +44,7 @@ interface BenchSettings {
   video: string;
   variant: 'int8' | 'fp32';
   cpuProfDir: string | undefined;
+  noDelay: boolean;
 }
 
 const DEVICE_ID = 'bench';
@@ -60,6 +66,7 @@ function parseSettings(argv: string[]): BenchSettings {
       video: { type: 'string', default: 'assets/demo/bottle-detection.mp4' },
       variant: { type: 'string', default: 'int8' },
       'cpu-prof': { type: 'string' },
+      'no-delay': { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -84,6 +91,7 @@ function parseSettings(argv: string[]): BenchSettings {
     video,
     variant,
     cpuProfDir: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
+    noDelay: values['no-delay']!,
   };
 }
 
@@ -178,8 +186,9 @@ interface Subscription {
   close(): Promise<void>;
 }
 
-async function subscribe(url: string): Promise<Subscription> {
+async function subscribe(url: string, noDelay: boolean): Promise<Subscription> {
   const client = await mqtt.connectAsync(url, { reconnectPeriod: 500, connectTimeout: 5000 });
+  if (noDelay) setClientNoDelay(client);
   const events: EventRecord[] = [];
   const messagesByKind: Record<string, number> = {};
   client.on('message', (topic, payload) => {
@@ -299,7 +308,7 @@ async function run(settings: BenchSettings) {
   const machine = machineFacts();
   const model = modelFacts(settings.model);
   try {
-    const broker = await startMosquitto(workDir);
+    const broker = await startMosquitto(workDir, { noDelay: settings.noDelay });
     cleanups.unshift(() => {
       broker.child.kill('SIGTERM');
     });
@@ -307,7 +316,7 @@ async function run(settings: BenchSettings) {
     const healthUrl = `http://127.0.0.1:${healthPort}`;
     const configFile = path.join(workDir, 'linewatch.yaml');
     writeFileSync(configFile, toYaml(agentConfig(settings, broker.url, healthPort, path.join(workDir, 'data'))));
-    const subscription = await subscribe(broker.url);
+    const subscription = await subscribe(broker.url, settings.noDelay);
     cleanups.unshift(() => subscription.close());
 
     const nodeFlags = settings.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', settings.cpuProfDir] : [];
@@ -482,6 +491,7 @@ function summarise(input: SummaryInput) {
       warmUpS: settings.warmUpS,
       startUpS: round(input.startUpS),
       cpuProfile: settings.cpuProfDir ?? null,
+      brokerTcpNoDelay: settings.noDelay,
     },
     frames,
     cpu: {
@@ -594,7 +604,7 @@ function markdownSummary(summary: Summary, jsonName: string): string {
   return [
     '# Agent load benchmark',
     '',
-    `Measured ${summary.measuredAt} with \`node dist-bench/bench/agent-load.js --cameras ${setup.cameras} --fps ${setup.fps} --duration-s ${setup.durationS}\`` +
+    `Measured ${summary.measuredAt} with \`node dist-bench/bench/agent-load.js --cameras ${setup.cameras} --fps ${setup.fps} --duration-s ${setup.durationS}${setup.brokerTcpNoDelay ? ' --no-delay' : ''}\`` +
       ` (all figures and the per-second samples: [${jsonName}](${jsonName})).`,
     '',
     '## Setup',
@@ -602,7 +612,7 @@ function markdownSummary(summary: Summary, jsonName: string): string {
     `- Machine: ${machine.nproc} cores, ${machine.cpuModel} (${machine.cpuFlags.join(', ') || 'no AVX2'}), ${machine.memoryGb} GiB, Linux ${machine.kernel}; Node ${machine.node}; ${machine.ffmpeg}; ${machine.mosquitto}.`,
     `- Agent: linewatch ${machine.linewatch}, \`linewatch run\` as a child process; ${setup.cameras} cameras, each ${setup.video} (640x360, 29.8 fps) as a file source with loop and realtime (native speed), analysed at ${setup.fps} fps, snapshots on, health on.`,
     `- Model: ${model.dir} (${setup.variant}, input ${model.input}, ${model.architecture}, scorer ${model.scorer}, created ${model.createdAt}).`,
-    `- Broker: mosquitto on loopback; subscriber: mqtt.js on \`linewatch/bench/#\` (QoS 1) in the benchmark process.`,
+    `- Broker: mosquitto on loopback (${setup.brokerTcpNoDelay ? '`set_tcp_nodelay true`' : 'stock settings: Nagle on its sockets'}); subscriber: mqtt.js on \`linewatch/bench/#\` (QoS 1${setup.brokerTcpNoDelay ? ', TCP_NODELAY' : ''}) in the benchmark process; the agent sets TCP_NODELAY on its own connection.`,
     `- Start-up to every camera scoring: ${setup.startUpS} s. CPU and RSS slope are taken after a ${setup.warmUpS} s warm-up.`,
     '',
     '## Targets',

@@ -16,7 +16,10 @@
  *   node dist-bench/bench/capacity.js [--steps 4,8,16,24,32,40,48,56,64] [--step-s 60] [--warm-up-s 15]
  *     [--floor-s 15] [--fps 5] [--latency-p99-ms 50] [--all-steps] [--out docs/benchmarks/capacity.json]
  *     [--model models/demo] [--variant int8] [--video assets/demo/bottle-detection.mp4] [--agent bin/linewatch.js]
- *     [--decode-threads N] [--no-snapshots]
+ *     [--decode-threads N] [--no-snapshots] [--no-delay]
+ *
+ * --no-delay: mosquitto with `set_tcp_nodelay true` and TCP_NODELAY on the subscriber (see
+ * bench/agent-load.ts: the stock broker's Nagle delays are the broker's, not the agent's).
  *
  * Writes the JSON to --out after every step and a markdown summary next to it (same name, .md).
  */
@@ -30,7 +33,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, sleep, slope, startMosquitto } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto } from './measure.js';
 import { freePort, unitEnvironment } from './net.js';
 import { cameraCounts, modelAndVideo, nonNegativeNumber, positiveNumber } from './options.js';
 
@@ -60,6 +63,8 @@ interface Settings {
   agentNodeFlags: string[];
   /** Keep each step's agent log here (agent-N.log); undefined: only in the temporary work folder. */
   keepLogs: string | undefined;
+  /** TCP_NODELAY on the broker (`set_tcp_nodelay true`) and the subscriber. */
+  noDelay: boolean;
 }
 
 const DEVICE_ID = 'capacity';
@@ -87,6 +92,7 @@ function parseSettings(argv: string[]): Settings {
       'no-snapshots': { type: 'boolean', default: false },
       'agent-node-flags': { type: 'string', default: '' },
       'keep-logs': { type: 'string' },
+      'no-delay': { type: 'boolean', default: false },
     },
     strict: true,
   });
@@ -114,6 +120,7 @@ function parseSettings(argv: string[]): Settings {
     snapshots: !values['no-snapshots'],
     agentNodeFlags: values['agent-node-flags']!.split(/\s+/).filter((flag) => flag !== ''),
     keepLogs: values['keep-logs'] === undefined ? undefined : path.resolve(values['keep-logs']),
+    noDelay: values['no-delay']!,
   };
 }
 
@@ -162,8 +169,9 @@ interface EventRecord {
   latencyMs: number;
 }
 
-async function subscribe(url: string) {
+async function subscribe(url: string, noDelay: boolean) {
   const client = await mqtt.connectAsync(url, { reconnectPeriod: 500, connectTimeout: 5000 });
+  if (noDelay) setClientNoDelay(client);
   const events: EventRecord[] = [];
   client.on('message', (topic, payload) => {
     const receivedAt = Date.now();
@@ -322,8 +330,8 @@ interface Sample {
 
 async function runStep(settings: Settings, cameras: number, videos: readonly string[], workRoot: string) {
   const workDir = mkdtempSync(path.join(workRoot, `step-${cameras}-`));
-  const broker = await startMosquitto(workDir);
-  const subscription = await subscribe(broker.url);
+  const broker = await startMosquitto(workDir, { noDelay: settings.noDelay });
+  const subscription = await subscribe(broker.url, settings.noDelay);
   const healthPort = await freePort();
   const healthUrl = `http://127.0.0.1:${healthPort}`;
   const configFile = path.join(workDir, 'linewatch.yaml');
@@ -475,7 +483,8 @@ function summary(settings: Settings, machine: ReturnType<typeof machineFacts>, s
     command:
       `node dist-bench/bench/capacity.js --steps ${settings.steps.join(',')} --step-s ${settings.stepS} --warm-up-s ${settings.warmUpS} --floor-s ${settings.floorS} --fps ${settings.fps}` +
       (settings.decodeThreads !== undefined ? ` --decode-threads ${settings.decodeThreads}` : '') +
-      (settings.snapshots ? '' : ' --no-snapshots'),
+      (settings.snapshots ? '' : ' --no-snapshots') +
+      (settings.noDelay ? ' --no-delay' : ''),
     machine,
     setup: {
       video: path.relative(process.cwd(), settings.video) || settings.video,
@@ -484,6 +493,7 @@ function summary(settings: Settings, machine: ReturnType<typeof machineFacts>, s
       fps: settings.fps,
       snapshots: settings.snapshots,
       decodeThreads: settings.decodeThreads ?? null,
+      brokerTcpNoDelay: settings.noDelay,
       stepS: settings.stepS,
       warmUpS: settings.warmUpS,
       floorS: settings.floorS,
@@ -507,7 +517,7 @@ function markdown(result: Summary, jsonName: string): string {
     `Measured ${result.measuredAt} with \`${result.command}\`${result.complete ? '' : ' (interrupted: partial)'} (all figures: [${jsonName}](${jsonName})).`,
     '',
     `- Machine: ${machine.nproc} cores, ${machine.cpuModel}, ${machine.memoryGb} GiB, Linux ${machine.kernel}; Node ${machine.node}; ${machine.ffmpeg}; ${machine.mosquitto}. Load average at the start: ${machine.loadAverageAtStart.join(', ')}.`,
-    `- Each step: a fresh \`linewatch run\` with N cameras, each ${setup.video} (640x360 H.264, 29.97 fps) as a looped file at native speed (the cameras spread over copies of it rotated to start at each key frame, so that their events do not coincide); analysed at ${setup.fps} fps; model ${setup.model} (${setup.variant}); snapshots ${setup.snapshots ? 'on' : 'off'}, health page on; ffmpeg decoder threads: ${setup.decodeThreads ?? "the agent's default (slice threads only)"}; mosquitto on loopback, an mqtt.js subscriber on the events.`,
+    `- Each step: a fresh \`linewatch run\` with N cameras, each ${setup.video} (640x360 H.264, 29.97 fps) as a looped file at native speed (the cameras spread over copies of it rotated to start at each key frame, so that their events do not coincide); analysed at ${setup.fps} fps; model ${setup.model} (${setup.variant}); snapshots ${setup.snapshots ? 'on' : 'off'}, health page on; ffmpeg decoder threads: ${setup.decodeThreads ?? "the agent's default (slice threads only)"}; mosquitto on loopback (${setup.brokerTcpNoDelay ? '`set_tcp_nodelay true`' : 'stock settings: Nagle on its sockets'}), an mqtt.js subscriber on the events${setup.brokerTcpNoDelay ? ' (TCP_NODELAY)' : ''}; the agent sets TCP_NODELAY on its own connection.`,
     `- ${setup.warmUpS} s warm-up, then a ${setup.stepS} s window; then the same ffmpeg command lines alone for ${setup.floorS} s (the decoding floor).`,
     `- Sustained: ${setup.sustainedMeans}.`,
     '',

@@ -26,7 +26,7 @@ import { parseArgs } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
-import { startMosquitto } from './measure.js';
+import { setClientNoDelay, startMosquitto } from './measure.js';
 import { freePort, spawnAgent } from './net.js';
 
 const DEVICE_ID = 'bench';
@@ -267,7 +267,7 @@ async function run(settings: Settings) {
     writeFileSync(configFile, toYaml(agentConfig(settings, broker.url, healthPort, path.join(workDir, 'data'))));
 
     const client = await mqtt.connectAsync(broker.url, { reconnectPeriod: 500, connectTimeout: 5000 });
-    if (settings.noDelay) (client.stream as { setNoDelay?: (noDelay: boolean) => void }).setNoDelay?.(true);
+    if (settings.noDelay) setClientNoDelay(client);
     cleanups.unshift(() => client.endAsync(true));
     const waiter = new ReplyWaiter(client);
     await client.subscribeAsync(`${BASE}/${CAMERA}/inspections`, { qos: 1 });

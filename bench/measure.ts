@@ -93,6 +93,11 @@ export class CpuLedger {
 
 // ---------------------------------------------------------------- mosquitto
 
+/** Turns off Nagle's algorithm on a subscriber's connection, as `set_tcp_nodelay true` does on the broker's side. */
+export function setClientNoDelay(client: { stream: unknown }): void {
+  (client.stream as { setNoDelay?: (noDelay: boolean) => void } | undefined)?.setNoDelay?.(true);
+}
+
 /** A private mosquitto on a free loopback port; `noDelay` sets TCP_NODELAY on its sockets. */
 export async function startMosquitto(dir: string, options: { noDelay?: boolean } = {}): Promise<{ child: ChildProcess; url: string }> {
   const port = await freePort();
