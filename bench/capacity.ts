@@ -483,6 +483,7 @@ function summary(settings: Settings, machine: ReturnType<typeof machineFacts>, s
     command:
       `node dist-bench/bench/capacity.js --steps ${settings.steps.join(',')} --step-s ${settings.stepS} --warm-up-s ${settings.warmUpS} --floor-s ${settings.floorS} --fps ${settings.fps}` +
       (settings.decodeThreads !== undefined ? ` --decode-threads ${settings.decodeThreads}` : '') +
+      (settings.allSteps ? ' --all-steps' : '') +
       (settings.snapshots ? '' : ' --no-snapshots') +
       (settings.noDelay ? ' --no-delay' : ''),
     machine,

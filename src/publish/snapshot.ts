@@ -466,7 +466,7 @@ export const BLEND_PIXELS_PER_SLICE = 25_000;
 /**
  * Stretched-map arrays, reused from render to render. A render spans several turns of the event
  * loop (its slices), so a fresh array would outlive young-generation collections and wait for a
- * full GC to be freed: 4 cameras at 10 fps rose to about 175 MB resident instead of 150. One per
+ * full GC to be freed: 4 cameras at 10 fps rose to about 175 MB resident instead of 160. One per
  * render running at once (the snapshot store renders one at a time; a live heatmap view may add one).
  */
 const stretchedScratch: Float32Array[] = [];
