@@ -19,7 +19,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -27,7 +27,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto, writeReport } from './measure.js';
 import { freePort, spawnAgent } from './net.js';
 import { modelAndVideo } from './options.js';
 
@@ -680,10 +680,7 @@ async function main(): Promise<void> {
   const settings = parseSettings(process.argv.slice(2));
   const summary = await run(settings);
   printSummary(summary);
-  await mkdir(path.dirname(settings.out), { recursive: true });
-  await writeFile(settings.out, `${JSON.stringify(summary, null, 2)}\n`);
-  const markdownFile = settings.out.replace(/\.json$/i, '') + '.md';
-  await writeFile(markdownFile, markdownSummary(summary, path.basename(settings.out)));
+  const markdownFile = await writeReport(settings.out, summary, (jsonName) => markdownSummary(summary, jsonName));
   console.log(`\nwrote ${path.relative(process.cwd(), settings.out)} and ${path.relative(process.cwd(), markdownFile)}`);
 }
 

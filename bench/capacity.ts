@@ -25,7 +25,6 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -33,7 +32,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto, writeReport } from './measure.js';
 import { freePort, unitEnvironment } from './net.js';
 import { cameraCounts, modelAndVideo, nonNegativeNumber, positiveNumber } from './options.js';
 
@@ -549,9 +548,7 @@ function markdown(result: Summary, jsonName: string): string {
 }
 
 async function write(settings: Settings, result: Summary): Promise<void> {
-  await mkdir(path.dirname(settings.out), { recursive: true });
-  await writeFile(settings.out, `${JSON.stringify(result, null, 2)}\n`);
-  await writeFile(settings.out.replace(/\.json$/i, '') + '.md', markdown(result, path.basename(settings.out)));
+  await writeReport(settings.out, result, (jsonName) => markdown(result, jsonName));
 }
 
 async function main(): Promise<void> {

@@ -19,14 +19,13 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
-import { setClientNoDelay, startMosquitto } from './measure.js';
+import { setClientNoDelay, startMosquitto, writeReport } from './measure.js';
 import { freePort, spawnAgent } from './net.js';
 
 const DEVICE_ID = 'bench';
@@ -404,10 +403,7 @@ async function main(): Promise<void> {
   console.log(`\ninspection latency, ms (${summary.machine.nproc} cores, load ${summary.machine.loadAverage1mBefore} -> ${summary.machine.loadAverage1mAfter}):`);
   console.table(rowsOf(summary));
   console.log(`target ${summary.target.what}: p99 ${summary.target.p99} ms, ${summary.target.met ? 'met' : 'NOT met'}`);
-  await mkdir(path.dirname(settings.out), { recursive: true });
-  await writeFile(settings.out, `${JSON.stringify(summary, null, 2)}\n`);
-  const markdownFile = settings.out.replace(/\.json$/i, '') + '.md';
-  await writeFile(markdownFile, markdown(summary, path.basename(settings.out)));
+  const markdownFile = await writeReport(settings.out, summary, (jsonName) => markdown(summary, jsonName));
   console.log(`wrote ${path.relative(process.cwd(), settings.out)} and ${path.relative(process.cwd(), markdownFile)}`);
 }
 

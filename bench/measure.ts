@@ -4,6 +4,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { UsageError } from '../src/errors.js';
@@ -182,4 +183,16 @@ export function sleep(ms: number): Promise<void> {
 export function markdownTable(header: string[], rows: (string | number | null | undefined)[][]): string {
   const cell = (value: string | number | null | undefined) => (value === null || value === undefined ? '–' : String(value));
   return [`| ${header.join(' | ')} |`, `|${header.map(() => '---').join('|')}|`, ...rows.map((row) => `| ${row.map(cell).join(' | ')} |`)].join('\n');
+}
+
+/**
+ * Writes a benchmark's result as JSON to `out` and its markdown summary beside it (same name,
+ * .md); `markdown` gets the JSON file's name to link to. Returns the markdown file's path.
+ */
+export async function writeReport(out: string, result: unknown, markdown: (jsonName: string) => string): Promise<string> {
+  await mkdir(path.dirname(out), { recursive: true });
+  await writeFile(out, `${JSON.stringify(result, null, 2)}\n`);
+  const markdownFile = out.replace(/\.json$/i, '') + '.md';
+  await writeFile(markdownFile, markdown(path.basename(out)));
+  return markdownFile;
 }

@@ -26,7 +26,6 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -34,7 +33,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { markdownTable, percentile, readMachineCpu, round, sleep, startMosquitto } from './measure.js';
+import { markdownTable, percentile, readMachineCpu, round, sleep, startMosquitto, writeReport } from './measure.js';
 import { freePort, spawnAgent, type BenchAgent } from './net.js';
 import { cameraCounts, modelAndVideo, positiveNumber } from './options.js';
 
@@ -648,9 +647,7 @@ function markdown(result: Summary, jsonName: string): string {
 }
 
 async function write(settings: Settings, result: Summary): Promise<void> {
-  await mkdir(path.dirname(settings.out), { recursive: true });
-  await writeFile(settings.out, `${JSON.stringify(result, null, 2)}\n`);
-  await writeFile(settings.out.replace(/\.json$/i, '') + '.md', markdown(result, path.basename(settings.out)));
+  await writeReport(settings.out, result, (jsonName) => markdown(result, jsonName));
 }
 
 async function main(): Promise<void> {
