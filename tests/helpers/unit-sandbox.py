@@ -14,7 +14,9 @@ this machine can check without systemd as PID 1, read from the unit's [Service] 
 - ProtectSystem=strict with ReadWritePaths= (the whole tree read-only, WRITABLE_DIR writable),
   ProtectHome=yes (an empty read-only tmpfs over /home and /root).
 
-User= becomes `nobody` (the unit's user does not exist here) and HOME the writable directory.
+User= becomes `nobody` (the unit's user does not exist here) and HOME the writable directory. A
+checkout in a folder other users cannot enter (mktemp -d: 0700) is made reachable in the sandbox
+only (make_reachable).
 Not applied: the cgroup settings (MemoryMax=, DevicePolicy=), PrivateTmp=, RestrictNamespaces= and the
 other settings systemd implements with namespaces or cgroups this machine does not hand out.
 The first line on stderr is `unit-sandbox: ...` with what was applied; then the command runs (exec).
@@ -67,6 +69,36 @@ def check(result: int, what: str) -> None:
 def mount(source, target, fstype, flags, data=None) -> None:
     enc = lambda s: None if s is None else s.encode()
     check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def unreachable_ancestor(path: str) -> str | None:
+    """The outermost folder above `path` that other users cannot enter (mktemp -d makes it 0700)."""
+    parts = path.split("/")[1:-1]
+    for i in range(1, len(parts) + 1):
+        folder = "/" + "/".join(parts[:i])
+        if not os.stat(folder).st_mode & 0o001:
+            return folder
+    return None
+
+
+def make_reachable(paths: list) -> str | None:
+    """In this mount namespace only: covers the folder that hides `paths` from other users with an
+    empty tmpfs (mode 0755) and binds each path back at its own place, so the unprivileged user
+    reaches the checkout wherever it was cloned. Returns the covered folder, if any."""
+    blocked = {unreachable_ancestor(path) for path in paths} - {None}
+    if not blocked:
+        return None
+    cover = min(blocked, key=len)
+    if any(not other.startswith(cover + "/") and other != cover for other in blocked):
+        raise SystemExit(f"unit-sandbox: {sorted(blocked)} are closed to other users; clone into a folder they can enter")
+    # Held open across the cover: bound back from /proc/self/fd.
+    held = [(path, os.open(path, os.O_PATH)) for path in paths if path.startswith(cover + "/")]
+    mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    for path, fd in held:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        os.close(fd)
+    return cover
 
 
 def service_settings(path: str) -> dict:
@@ -132,6 +164,7 @@ def main() -> None:
     # Mounts: private /proc, read-only tree with one writable directory, empty home folders.
     check(libc.unshare(CLONE_NEWNS), "unshare")
     mount(None, "/", None, MS_REC | MS_PRIVATE)
+    covered = make_reachable([os.getcwd(), writable])
     proc_options = []
     if one("ProtectProc", "default") != "default":
         proc_options.append(f"hidepid={one('ProtectProc')}")
@@ -189,7 +222,8 @@ def main() -> None:
     print(
         f"unit-sandbox: uid {os.getuid()}, {added} system calls allowed (else "
         f"{one('SystemCallErrorNumber') or 'kill'}), socket families {' '.join(s.get('RestrictAddressFamilies', ['any']))}, "
-        f"/proc {','.join(proc_options) or 'default'}, read-only / except {writable}",
+        f"/proc {','.join(proc_options) or 'default'}, read-only / except {writable}"
+        + (f"; {covered} (closed to other users) covered, {os.getcwd()} bound back" if covered else ""),
         file=sys.stderr,
         flush=True,
     )
