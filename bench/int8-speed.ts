@@ -9,7 +9,8 @@
  * With --bundle it times the bundle's own model.onnx and model.int8.onnx (what
  * `linewatch run` loads). The fp32 graph linewatch ships has each nearest-upsample +
  * conv folded into conv + DepthToSpace (same outputs, faster); the graph as first
- * exported (Resize + Conv) is timed too, as a reference.
+ * exported (Resize + Conv) is timed too, as a reference, and so is the int8 graph with its
+ * DepthToSpace nodes as they were before the channels-last rewrite (depth-to-space.ts).
  *
  * Without --model it benchmarks the shipped architecture (64x64 grey, filters
  * [16, 32, 64], latent 64, comparator [8, 16, 32]) with seeded random weights: speed does not depend on
@@ -121,7 +122,9 @@ async function main(): Promise<void> {
   const fp32 = await OnnxModel.fromBytes(fp32Bytes, { threads: 1, providers: ['cpu'], optimizedModelPath: path.join(scratch, 'fp32.onnx') });
   const int8 = await OnnxModel.fromBytes(int8Bytes, { threads: 1, providers: ['cpu'], optimizedModelPath: path.join(scratch, 'int8.onnx') });
   const unfolded = exported && (await OnnxModel.fromBytes(exported, { threads: 1, providers: ['cpu'] }));
-  const models = { fp32, int8, ...(unfolded ? { fp32Unfolded: unfolded } : {}) };
+  const channelsFirstBytes = exported && (await quantizeInt8(fp32Bytes, calibration.images, { perChannel: values['per-channel'], channelsLastDepthToSpace: false }));
+  const channelsFirst = channelsFirstBytes && (await OnnxModel.fromBytes(channelsFirstBytes, { threads: 1, providers: ['cpu'] }));
+  const models = { fp32, int8, ...(unfolded ? { fp32Unfolded: unfolded } : {}), ...(channelsFirst ? { int8DepthToSpace: channelsFirst } : {}) };
   const frame = calibration.images[0]!;
   for (let i = 0; i < WARM_UP_RUNS; i++) for (const model of Object.values(models)) await model.run(frame, 1);
   const times: Record<string, number[]> = Object.fromEntries(Object.keys(models).map((name) => [name, []]));
@@ -156,6 +159,8 @@ async function main(): Promise<void> {
     int8: summary(times.int8!),
     /** The graph before the upsample folding, as TF.js -> ONNX export writes it (not shipped). */
     fp32Unfolded: times.fp32Unfolded ? summary(times.fp32Unfolded) : null,
+    /** The same int8 graph with DepthToSpace left channels-first (quantize's channelsLastDepthToSpace: false; not shipped). */
+    int8DepthToSpace: times.int8DepthToSpace ? summary(times.int8DepthToSpace) : null,
     speedup: 0,
     optimizedOps: { fp32: await optimizedOpCounts(path.join(scratch, 'fp32.onnx')), int8: await optimizedOpCounts(path.join(scratch, 'int8.onnx')) },
   };
@@ -170,6 +175,10 @@ async function main(): Promise<void> {
   console.log(row('fp32', result.fp32, fp32Bytes.length));
   console.log(row('int8', result.int8, int8Bytes.length));
   if (result.fp32Unfolded) console.log(row('fp32-raw', result.fp32Unfolded, exported!.length) + '   (fp32 before folding the upsamples; not shipped)');
+  if (result.int8DepthToSpace) {
+    console.log(row('int8-d2s', result.int8DepthToSpace, channelsFirstBytes!.length) + '   (int8 with DepthToSpace channels-first; not shipped)');
+    console.log(`channels-last DepthToSpace: int8 median ${(result.int8DepthToSpace.medianMs / result.int8.medianMs).toFixed(2)}x as fast`);
+  }
   console.log(`int8 speed-up over the shipped fp32 (median): ${result.speedup.toFixed(2)}x; size ratio ${(fp32Bytes.length / int8Bytes.length).toFixed(2)}x`);
   console.log(`optimised int8 graph: ${Object.entries(result.optimizedOps.int8).map(([op, n]) => `${op} x${n}`).join(', ')}`);
   await mkdir(path.dirname(path.resolve(outFile)), { recursive: true });

@@ -7,7 +7,8 @@
  * DQ -> Conv -> Q into QLinearConv, DQ -> Gemm -> Q into QGemm, Sigmoid into
  * QLinearSigmoid, and moves uint8 through Reshape, Flatten and DepthToSpace
  * (each nearest-upsample + conv of the decoder is first rewritten as an
- * equivalent conv + DepthToSpace). The graph keeps its float32 input and outputs.
+ * equivalent conv + DepthToSpace, and each DepthToSpace at the end as channels-last reshapes and
+ * transposes: depth-to-space.ts). The graph keeps its float32 input and outputs.
  * The `int8-symmetric` scheme writes int8 activations with zero point 0 instead (what TensorRT's
  * explicit quantization accepts); onnxruntime's CPU provider then cannot fold ReLUs into its int8
  * kernels and runs it slower than fp32 (docs/benchmarks/int8-schemes.md).
@@ -16,6 +17,7 @@ import onnxProto from 'onnx-proto';
 import { ModelError, UsageError } from '../errors.js';
 import { runWithExtraOutputs, type ImageBatch } from '../model/onnx.js';
 import { MODEL_IO } from '../model/manifest.js';
+import { depthToSpaceInChannelsLast } from './depth-to-space.js';
 
 const { onnx } = onnxProto;
 type INode = onnxProto.onnx.INodeProto;
@@ -58,6 +60,12 @@ export interface QuantizeOptions {
    * Q/DQ and folds float biases itself; onnxruntime's CPU provider fuses Conv with either. Default false.
    */
   floatBias?: boolean;
+  /**
+   * Rewrite each quantized DepthToSpace as channels-last Reshape/Transpose (bit-identical outputs, see
+   * depth-to-space.ts): onnxruntime's CPU provider then keeps the int8 convolutions in NHWC. Default true
+   * for 'uint8-asymmetric', the CPU provider's scheme; false for 'int8-symmetric', which TensorRT fuses itself.
+   */
+  channelsLastDepthToSpace?: boolean;
   /** Calibration images per onnxruntime run. Default 16. */
   batchSize?: number;
   log?: (message: string) => void;
@@ -679,7 +687,11 @@ export async function quantizeInt8(fp32: Uint8Array, calibration: Float32Array[]
     },
   ];
   log(`quantized ${weightCount} weight tensors and ${chosen.length} activations on ${calibration.length} calibration images`);
-  return onnx.ModelProto.encode(model).finish();
+  const quantized = onnx.ModelProto.encode(model).finish();
+  if (!(options.channelsLastDepthToSpace ?? !symmetric)) return quantized;
+  const { bytes, rewritten } = await depthToSpaceInChannelsLast(quantized);
+  if (rewritten > 0) log(`rewrote ${rewritten} DepthToSpace node(s) as channels-last reshapes and transposes`);
+  return bytes;
 }
 
 

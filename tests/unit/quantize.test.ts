@@ -181,6 +181,41 @@ describe('quantizeInt8 on a random-weight VAE', () => {
     expect(opTypes(await quantizeInt8(fp32, noiseImages(4, 5), { foldUpsample: false }))).toContain('Resize');
   });
 
+  it('rewrites DepthToSpace channels-last: bit-identical outputs, and onnxruntime keeps the int8 convolutions in NHWC', async () => {
+    const fp32 = buildVaeGraph(SPEC);
+    const calibration = noiseImages(16, 8);
+    const messages: string[] = [];
+    const rewritten = await quantizeInt8(fp32, calibration, { log: (m) => messages.push(m) });
+    const asIs = await quantizeInt8(fp32, calibration, { channelsLastDepthToSpace: false });
+    expect(messages.join('\n')).toMatch(/rewrote 3 DepthToSpace node\(s\)/);
+    expect(opTypes(rewritten)).not.toContain('DepthToSpace');
+    expect(opTypes(asIs).filter((op) => op === 'DepthToSpace')).toHaveLength(3);
+    expect(opTypes(await quantizeInt8(fp32, calibration, { scheme: 'int8-symmetric' }))).toContain('DepthToSpace');
+
+    const optimizedOps = async (bytes: Uint8Array, name: string) => {
+      const file = path.join(dir, name);
+      const model = await OnnxModel.fromBytes(bytes, { threads: 1, optimizedModelPath: file });
+      return { model, ops: opTypes(new Uint8Array(await readFile(file))) };
+    };
+    const a = await optimizedOps(asIs, 'as-is.onnx');
+    const b = await optimizedOps(rewritten, 'channels-last.onnx');
+    // Each DepthToSpace as-is runs channels-first between a transpose out of NHWC and one back in.
+    const transposes = (ops: string[]) => ops.filter((op) => op === 'Transpose').length;
+    expect(a.ops).toContain('DepthToSpace');
+    expect(b.ops).not.toContain('DepthToSpace');
+    expect(transposes(b.ops)).toBeLessThan(transposes(a.ops));
+    for (const ops of [a.ops, b.ops]) expect(ops.filter((op) => op === 'QLinearConv')).toHaveLength(6);
+
+    const images = noiseImages(3, 9);
+    const batch = new Float32Array(3 * PIXELS);
+    images.forEach((image, i) => batch.set(image, i * PIXELS));
+    const [ra, rb] = [await a.model.run(batch, 3), await b.model.run(batch, 3)];
+    await a.model.dispose();
+    await b.model.dispose();
+    expect(Array.from(rb.recon)).toEqual(Array.from(ra.recon));
+    expect(Array.from(rb.mu)).toEqual(Array.from(ra.mu));
+  });
+
   it('quantizes the graph written by export.ts', async () => {
     const fp32 = exportOnnx(randomVaeWeights(DEFAULT_VAE_CONFIG, 9));
     const int8 = await quantizeInt8(fp32, noiseImages(16, 6));
