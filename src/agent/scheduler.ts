@@ -2,7 +2,7 @@ import { systemClock, type Clock } from '../clock.js';
 import { normaliseInput, standardisedBytes } from '../image/normalise.js';
 import { fromInterleavedBytes, type ImageTensor } from '../image/tensor.js';
 import type { LoadedBundle } from '../model/bundle.js';
-import { inferImages } from '../model/infer.js';
+import type { ModelOutputs } from '../model/types.js';
 import { OnnxMapBlur } from '../model/onnx.js';
 import { gaussianKernel } from '../scoring/maps.js';
 import type { FrameScore } from '../scoring/frame.js';
@@ -50,6 +50,8 @@ export class InferenceScheduler {
   /** Monotonic ms at which the round in progress began; undefined while idle. */
   private roundStartedAt: number | undefined;
   private roundsCompleted = 0;
+  /** Each bundle's input buffer, as large as its largest round so far (batchInput). */
+  private readonly inputBuffers = new WeakMap<LoadedBundle, Float32Array>();
   /** Work that must not overlap a round (a model swap), run before the next round starts. */
   private betweenRounds: (() => void)[] = [];
 
@@ -137,6 +139,22 @@ export class InferenceScheduler {
     } while (this.again && !this.stopped);
   }
 
+  /**
+   * The model input of one round of `count` frames for `bundle`, reused from round to round: rounds never overlap
+   * and nothing keeps the input past its round, so the hot path allocates no input tensors (fewer dead buffers
+   * between garbage collections, which is resident memory).
+   */
+  private batchInput(bundle: LoadedBundle, count: number): Float32Array {
+    const { width, height, channels } = bundle.manifest.input;
+    const size = width * height * channels * count;
+    let buffer = this.inputBuffers.get(bundle);
+    if (buffer === undefined || buffer.length < size) {
+      buffer = new Float32Array(size);
+      this.inputBuffers.set(bundle, buffer);
+    }
+    return buffer.subarray(0, size);
+  }
+
   private runBetweenRounds(): void {
     const waiting = this.betweenRounds;
     this.betweenRounds = [];
@@ -152,21 +170,27 @@ export class InferenceScheduler {
     }
     for (const [bundle, group] of byBundle) {
       let images: ImageTensor[];
-      let outputs: Awaited<ReturnType<typeof inferImages>>;
+      let outputs: ModelOutputs;
+      let seconds: number;
       try {
-        images = group.map(({ frame }) => tensorOf(bundle, frame));
-        outputs = await inferImages(bundle.model, images, group.length);
+        const input = this.batchInput(bundle, group.length);
+        images = group.map(({ frame }, i) => tensorOf(bundle, frame, imageRow(input, i, group.length)));
+        const began = performance.now();
+        outputs = await bundle.model.run(input, group.length);
+        seconds = (performance.now() - began) / 1000 / group.length;
       } catch (error) {
         const failure = new Error(`inference failed: ${(error as Error).message}`, { cause: error });
         for (const { camera, frame } of group) camera.failed(frame, failure);
         continue;
       }
-      const seconds = outputs.inferenceMs / 1000 / group.length;
-      const blurred = await blurredMaps(bundle, outputs.map);
+      const { recon, mu, map } = outputs;
+      const blurred = await blurredMaps(bundle, map, group.length);
+      // Views into the batch's outputs, not copies: the scorer reads them within this round and keeps none of them.
+      const imageOf = (values: Float32Array, i: number) => imageRow(values, i, group.length);
       this.handBack(() => group.forEach(({ camera, frame }, i) => {
         let score: FrameScore;
         try {
-          score = bundle.scorer.score(images[i]!, outputs.recon[i]!, outputs.mu[i]!, camera.ignoreMask, outputs.map?.[i], blurred?.[i]);
+          score = bundle.scorer.score(images[i]!, imageOf(recon, i), imageOf(mu, i), camera.ignoreMask, map && imageOf(map, i), blurred && imageOf(blurred, i));
         } catch (error) {
           camera.failed(frame, error as Error);
           return;
@@ -192,15 +216,15 @@ export class InferenceScheduler {
 const mapBlurs = new Map<string, Promise<OnnxMapBlur | undefined>>();
 
 /**
- * The comparator maps of a batch turned into blurred probabilities by onnxruntime (OnnxMapBlur), for
- * FrameScorer.score; undefined where the bundle's scoring does not take them, or the blur cannot run,
- * and the scorer then computes them in JS as before.
+ * The comparator maps of a batch (`count` packed as the model returned them) turned into blurred probabilities
+ * by onnxruntime (OnnxMapBlur), packed the same way, for FrameScorer.score; undefined where the bundle's scoring
+ * does not take them, or the blur cannot run, and the scorer then computes them in JS as before.
  */
-async function blurredMaps(bundle: LoadedBundle, maps: readonly Float32Array[] | undefined): Promise<Float32Array[] | undefined> {
-  if (maps === undefined || maps.length === 0) return undefined;
+async function blurredMaps(bundle: LoadedBundle, maps: Float32Array | undefined, count: number): Promise<Float32Array | undefined> {
+  if (maps === undefined || count === 0) return undefined;
   const { width, height } = bundle.manifest.input;
   const sigma = bundle.scorer.settings.blurSigma;
-  if (!bundle.scorer.takesBlurredMap(width, height, maps[0]!)) return undefined;
+  if (!bundle.scorer.takesBlurredMap(width, height, imageRow(maps, 0, count))) return undefined;
   const key = `${width}x${height}@${sigma}`;
   let blur = mapBlurs.get(key);
   if (blur === undefined) {
@@ -209,25 +233,25 @@ async function blurredMaps(bundle: LoadedBundle, maps: readonly Float32Array[] |
   }
   const ready = await blur;
   if (ready === undefined) return undefined;
-  const plane = width * height;
-  let packed: Float32Array;
-  if (maps.length === 1) {
-    packed = maps[0]!;
-  } else {
-    packed = new Float32Array(plane * maps.length);
-    maps.forEach((map, i) => packed.set(map, i * plane));
-  }
   try {
-    const out = await ready.run(packed, maps.length);
-    return maps.map((_, i) => out.subarray(i * plane, (i + 1) * plane));
+    return await ready.run(maps, count);
   } catch {
     return undefined;
   }
 }
 
+/** Image `i` of `count` packed one after another in `values`, as a view. */
+function imageRow(values: Float32Array, i: number, count: number): Float32Array {
+  const size = values.length / count;
+  return values.subarray(i * size, (i + 1) * size);
+}
+
 /** The model input for a raw frame: bytes to a CHW float tensor, normalised as the bundle was trained. */
-export function tensorOf(bundle: LoadedBundle, frame: Frame): ImageTensor {
+export function tensorOf(bundle: LoadedBundle, frame: Frame, out?: Float32Array): ImageTensor {
   const { input } = bundle.manifest;
-  if (input.normalisation === 'standardise') return standardisedBytes(frame.data, input.width, input.height, input.channels);
-  return normaliseInput(fromInterleavedBytes(frame.data, input.width, input.height, input.channels), input.normalisation);
+  if (input.normalisation === 'standardise') return standardisedBytes(frame.data, input.width, input.height, input.channels, out);
+  const image = normaliseInput(fromInterleavedBytes(frame.data, input.width, input.height, input.channels), input.normalisation);
+  if (out === undefined) return image;
+  out.set(image.data);
+  return { ...image, data: out };
 }

@@ -46,13 +46,15 @@ export function normaliseInput(image: ImageTensor, normalisation: InputNormalisa
 const UNIT_BYTES = Float64Array.from({ length: 256 }, (_, byte) => Math.fround(byte / 255));
 
 /**
- * normaliseInput(fromInterleavedBytes(bytes), 'standardise') in one allocation and three passes over the bytes,
- * with the same float operations in the same order, so the values are identical (tests/unit/scoring-fast.test.ts).
+ * normaliseInput(fromInterleavedBytes(bytes), 'standardise') in one allocation (none when given `out`) and three
+ * passes over the bytes, with the same float operations in the same order, so the values are identical
+ * (tests/unit/scoring-fast.test.ts).
  */
-export function standardisedBytes(bytes: Uint8Array, width: number, height: number, channels: 1 | 3): ImageTensor {
+export function standardisedBytes(bytes: Uint8Array, width: number, height: number, channels: 1 | 3, out?: Float32Array): ImageTensor {
   const plane = width * height;
   const size = plane * channels;
   if (bytes.length < size) throw new RangeError(`got ${bytes.length} bytes, expected ${size} for ${width}x${height}x${channels}`);
+  if (out !== undefined && out.length !== size) throw new RangeError(`the output holds ${out.length} values, expected ${size}`);
   const unit = UNIT_BYTES;
   // Planar order (channel by channel), as the sums over the CHW tensor run.
   let sum = 0;
@@ -67,7 +69,7 @@ export function standardisedBytes(bytes: Uint8Array, width: number, height: numb
   }
   const std = Math.max(Math.sqrt(squares / size), MIN_STD);
   const scale = 1 / (std * STANDARD_DEVIATIONS_IN_RANGE);
-  const data = new Float32Array(size);
+  const data = out ?? new Float32Array(size);
   for (let c = 0; c < channels; c++) {
     const offset = c * plane;
     for (let i = 0; i < plane; i++) {

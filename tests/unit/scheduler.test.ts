@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { InferenceScheduler, type ScoringCamera } from '../../src/agent/scheduler.js';
 import { loadBundle, type LoadedBundle } from '../../src/model/bundle.js';
+import type { FrameScore } from '../../src/scoring/frame.js';
 import type { Frame } from '../../src/source/index.js';
 
 // The shipped demo bundle on the real onnxruntime: the scheduler is tested with the real model.
@@ -66,6 +67,42 @@ describe('InferenceScheduler', () => {
     // Three rounds with both cameras in one batch of two, then two rounds of one.
     expect(runs).toEqual([2, 2, 2, 1, 1]);
     expect(scheduler.rounds).toBe(5);
+  });
+
+  it('scores each frame of a batch as it scores that frame alone, and what a camera keeps survives the rounds after it', async () => {
+    class KeepingCamera extends TestCamera {
+      readonly kept: FrameScore[] = [];
+      override scored(frame: Frame, score: FrameScore): void {
+        super.scored(frame, score);
+        this.kept.push(score);
+      }
+    }
+    // Alone: one camera, one frame per round.
+    const alone = new KeepingCamera('alone', bundle);
+    const single = new InferenceScheduler();
+    single.add(alone);
+    for (const value of [40, 128, 200]) {
+      alone.queue.push(frame(value, value));
+      single.wake();
+      await settled([alone], alone.kept.length + 1);
+    }
+    // Batched: three cameras, rounds of three, then two more rounds that reuse the input buffer.
+    const cameras = [40, 128, 200].map((value) => new KeepingCamera(`v${value}`, bundle));
+    const batched = new InferenceScheduler();
+    for (const camera of cameras) batched.add(camera);
+    for (let round = 0; round < 3; round++) cameras.forEach((camera, i) => camera.queue.push(frame([40, 128, 200][i]!, [40, 128, 200][i]! + round * 20)));
+    batched.wake();
+    await settled(cameras, 9);
+    cameras.forEach((camera, i) => {
+      const first = camera.kept[0]!;
+      const reference = alone.kept[i]!;
+      expect(camera.kept).toHaveLength(3);
+      expect(first.score).toBeCloseTo(reference.score, 4);
+      let worst = 0;
+      first.map.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - reference.map[j]!))));
+      expect(worst).toBeLessThan(1e-6);
+    });
+    expect(new Set(cameras.map((camera) => camera.kept[0]!.score)).size).toBe(3);
   });
 
   it('reports frames whose score is not finite as failures instead of scoring them', async () => {

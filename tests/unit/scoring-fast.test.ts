@@ -163,7 +163,14 @@ describe('the demo model on the demo video: new scoring path against the old', (
       const old = normaliseInput(fromInterleavedBytes(bytes, width, height, channels), normalisation);
       const frame = { data: bytes } as Frame;
       expect(mismatches(tensorOf(bundle, frame).data, old.data)).toBe(0);
+      // Written into a slot of a batch (the scheduler's reused input): the same values, in that slot only.
+      const batch = new Float32Array(old.data.length * 2).fill(-1);
+      const written = tensorOf(bundle, frame, batch.subarray(old.data.length));
+      expect(written.data.buffer).toBe(batch.buffer);
+      expect(mismatches(batch.subarray(old.data.length), old.data)).toBe(0);
+      expect(batch.subarray(0, old.data.length).every((v) => v === -1)).toBe(true);
     }
+    expect(() => standardisedBytes(frames[0]!, width, height, channels, new Float32Array(3))).toThrow(/holds 3 values/);
     // Colour frames take the same planar order.
     const rgb = Uint8Array.from({ length: 8 * 5 * 3 }, (_, i) => (i * 37) % 256);
     expect(mismatches(standardisedBytes(rgb, 8, 5, 3).data, normaliseInput(fromInterleavedBytes(rgb, 8, 5, 3), 'standardise').data)).toBe(0);
