@@ -7,7 +7,7 @@ import { AgentMetrics } from '../health/metrics.js';
 import { startHealthServer, type HealthServer } from '../health/server.js';
 import { SystemdNotifier } from '../health/systemd.js';
 import type { Logger } from '../log.js';
-import { startEmbeddedBroker, type EmbeddedBroker } from '../publish/broker.js';
+import type { EmbeddedBroker } from '../publish/broker.js';
 import { HomeAssistantDiscovery } from '../publish/homeassistant.js';
 import { MqttPublisher, redactUrl } from '../publish/mqtt.js';
 import type { AnomalyEventPayload } from '../publish/payloads.js';
@@ -187,6 +187,8 @@ export class App {
     if (config.mqtt.url) {
       this.brokerUrl = config.mqtt.url;
     } else {
+      // Loaded only here: aedes is about 2 MB of heap that an agent publishing to a real broker never uses.
+      const { startEmbeddedBroker } = await import('../publish/broker.js');
       // Only the agent (with the broker's per-start credentials below) may use its client id there.
       this.broker = await startEmbeddedBroker({ ...config.mqtt.embeddedBroker, agentClientId: config.mqtt.clientId });
       this.brokerUrl = this.broker.url;

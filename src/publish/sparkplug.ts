@@ -1,7 +1,7 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { IClientOptions, MqttClient } from 'mqtt';
-import sparkplugPayload from 'sparkplug-payload';
+import type sparkplugPayload from 'sparkplug-payload';
 import type { TypeStr, UMetric, UPayload } from 'sparkplug-payload/lib/sparkplugbpayload.js';
 import type { Component } from '../agent/controller.js';
 import type { EventSink } from '../agent/event-sink.js';
@@ -13,7 +13,19 @@ import { writeFileAtomic } from './disk.js';
 import { connectClient, describeConnectionError, MQTT_DEFAULTS, readTlsFile, redactUrl, type MqttConnectionOptions } from './mqtt.js';
 import type { AnomalyEventPayload, CameraStats, CameraStatusPayload, ScorePayload } from './payloads.js';
 
-const codec = sparkplugPayload.get('spBv1.0')!;
+type Codec = NonNullable<ReturnType<typeof sparkplugPayload.get>>;
+let codec: Codec | undefined;
+
+/** sparkplug-payload (protobufjs and the Sparkplug B schema, about 1 MB of heap) is loaded only when a node starts. */
+async function loadCodec(): Promise<Codec> {
+  codec ??= (await import('sparkplug-payload')).default.get('spBv1.0')!;
+  return codec;
+}
+
+function loadedCodec(): Codec {
+  if (codec === undefined) throw new Error('the Sparkplug B codec is not loaded: SparkplugNode.start() loads it');
+  return codec;
+}
 
 export const SPARKPLUG_NAMESPACE = 'spBv1.0';
 export const SPARKPLUG_STATE_FILE = 'sparkplug.json';
@@ -207,6 +219,7 @@ export class SparkplugNode implements Component, Partial<EventSink> {
 
   /** Connects in the background (retrying like the main connection); never waits for the broker. */
   async start(): Promise<void> {
+    await loadCodec();
     for (const camera of this.options.cameras?.() ?? []) this.device(camera);
     const url = typeof this.options.url === 'function' ? this.options.url() : this.options.url;
     this.displayUrl = redactUrl(url);
@@ -415,7 +428,7 @@ export class SparkplugNode implements Component, Partial<EventSink> {
     }
     let command: UPayload;
     try {
-      command = codec.decodePayload(payload);
+      command = loadedCodec().decodePayload(payload);
     } catch (error) {
       this.log.warn(`Sparkplug: ignoring an NCMD that is not a Sparkplug B payload (${(error as Error).message})`);
       return;
@@ -500,7 +513,7 @@ export class SparkplugNode implements Component, Partial<EventSink> {
 }
 
 function encode(payload: UPayload): Buffer {
-  const bytes = codec.encodePayload(payload);
+  const bytes = loadedCodec().encodePayload(payload);
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
