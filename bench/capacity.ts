@@ -484,7 +484,10 @@ function summary(settings: Settings, machine: ReturnType<typeof machineFacts>, s
       (settings.decodeThreads !== undefined ? ` --decode-threads ${settings.decodeThreads}` : '') +
       (settings.allSteps ? ' --all-steps' : '') +
       (settings.snapshots ? '' : ' --no-snapshots') +
-      (settings.noDelay ? ' --no-delay' : ''),
+      (settings.noDelay ? ' --no-delay' : '') +
+      // Another build or bundle (an A/B against an older agent) must show in the command line too.
+      (settings.agent !== path.resolve('bin/linewatch.js') ? ` --agent ${settings.agent}` : '') +
+      (settings.model !== path.resolve('models/demo') ? ` --model ${settings.model}` : ''),
     machine,
     setup: {
       video: path.relative(process.cwd(), settings.video) || settings.video,

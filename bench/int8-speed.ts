@@ -121,7 +121,8 @@ async function main(): Promise<void> {
   await mkdir(scratch, { recursive: true });
   const fp32 = await OnnxModel.fromBytes(fp32Bytes, { threads: 1, providers: ['cpu'], optimizedModelPath: path.join(scratch, 'fp32.onnx') });
   const int8 = await OnnxModel.fromBytes(int8Bytes, { threads: 1, providers: ['cpu'], optimizedModelPath: path.join(scratch, 'int8.onnx') });
-  const unfolded = exported && (await OnnxModel.fromBytes(exported, { threads: 1, providers: ['cpu'] }));
+  // A --model that is already folded has no unfolded form to time.
+  const unfolded = exported && exported !== fp32Bytes && (await OnnxModel.fromBytes(exported, { threads: 1, providers: ['cpu'] }));
   const channelsFirstBytes = exported && (await quantizeInt8(fp32Bytes, calibration.images, { perChannel: values['per-channel'], channelsLastDepthToSpace: false }));
   const channelsFirst = channelsFirstBytes && (await OnnxModel.fromBytes(channelsFirstBytes, { threads: 1, providers: ['cpu'] }));
   const models = { fp32, int8, ...(unfolded ? { fp32Unfolded: unfolded } : {}), ...(channelsFirst ? { int8DepthToSpace: channelsFirst } : {}) };
