@@ -14,8 +14,8 @@
  * output, so onnxruntime runs the whole chain on the uint8 data: the outputs are bit-identical.
  */
 import onnxProto from 'onnx-proto';
-import { MODEL_IO } from '../model/manifest.js';
 import { runWithExtraOutputs } from '../model/onnx.js';
+import { consumersOf, imageSize, intAttribute, producersOf, stringAttribute } from './onnx-graph.js';
 
 const { onnx } = onnxProto;
 type INode = onnxProto.onnx.INodeProto;
@@ -32,24 +32,14 @@ interface Candidate {
   readonly zeroPoint: string;
 }
 
-function attribute(node: INode, name: string): onnxProto.onnx.IAttributeProto | undefined {
-  return node.attribute?.find((a) => a.name === name);
-}
-
 /** DepthToSpace nodes (DCR) between a DequantizeLinear and QuantizeLinear consumers that share one scale and zero point. */
 function candidates(nodes: readonly INode[]): Candidate[] {
-  const producers = new Map<string, INode>();
-  const consumers = new Map<string, INode[]>();
-  for (const node of nodes) {
-    for (const output of node.output ?? []) producers.set(output, node);
-    for (const input of node.input ?? []) consumers.set(input, [...(consumers.get(input) ?? []), node]);
-  }
+  const producers = producersOf(nodes);
+  const consumers = consumersOf(nodes);
   const found: Candidate[] = [];
   for (const node of nodes) {
-    if (node.opType !== 'DepthToSpace') continue;
-    const mode = attribute(node, 'mode')?.s;
-    if (mode && new TextDecoder().decode(mode) !== 'DCR') continue;
-    const blockSize = Number(attribute(node, 'blocksize')?.i ?? 0);
+    if (node.opType !== 'DepthToSpace' || stringAttribute(node, 'mode', 'DCR') !== 'DCR') continue;
+    const blockSize = intAttribute(node, 'blocksize', 0);
     const input = node.input?.[0] ?? '';
     const users = consumers.get(node.output?.[0] ?? '') ?? [];
     const quantizers = users.filter((user) => user.opType === 'QuantizeLinear');
@@ -117,9 +107,7 @@ export async function depthToSpaceInChannelsLast(modelBytes: Uint8Array): Promis
   const graph = model.graph!;
   const found = candidates(graph.node ?? []);
   if (found.length === 0) return { bytes: modelBytes, rewritten: 0 };
-  const input = graph.input?.find((i) => i.name === MODEL_IO.input);
-  const inputDims = (input?.type?.tensorType?.shape?.dim ?? []).slice(1).map((d) => Number(d.dimValue ?? 0));
-  const perImage = inputDims.reduce((a, b) => a * b, 1);
+  const perImage = imageSize(model, 'rewrite DepthToSpace');
   // The spatial size of each DepthToSpace input, from one run on a blank image.
   const dims = new Map<string, readonly number[]>();
   await runWithExtraOutputs(modelBytes, [{ input: new Float32Array(perImage), count: 1 }], found.map((c) => c.input), (outputs) => {

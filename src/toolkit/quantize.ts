@@ -18,6 +18,7 @@ import { ModelError, UsageError } from '../errors.js';
 import { runWithExtraOutputs, type ImageBatch } from '../model/onnx.js';
 import { MODEL_IO } from '../model/manifest.js';
 import { depthToSpaceInChannelsLast } from './depth-to-space.js';
+import { consumersOf, floatAttribute, imageSize, intAttribute, intsAttribute, producersOf, stringAttribute } from './onnx-graph.js';
 
 const { onnx } = onnxProto;
 type INode = onnxProto.onnx.INodeProto;
@@ -154,16 +155,6 @@ function dimsOf(tensor: ITensor): number[] {
   return (tensor.dims ?? []).map(Number);
 }
 
-function intAttribute(node: INode, name: string, fallback: number): number {
-  const attribute = node.attribute?.find((a) => a.name === name);
-  return attribute?.i === undefined || attribute.i === null ? fallback : Number(attribute.i);
-}
-
-function floatAttribute(node: INode, name: string, fallback: number): number {
-  const attribute = node.attribute?.find((a) => a.name === name);
-  return attribute?.f === undefined || attribute.f === null ? fallback : attribute.f;
-}
-
 /**
  * Axis of `weight` that indexes output channels: 0 for Conv [M,C,kh,kw] and for
  * Gemm with transB (B is [N,K]); 1 for Gemm without transB and MatMul (B is [K,N]).
@@ -264,25 +255,6 @@ function decodeModel(bytes: Uint8Array): onnxProto.onnx.ModelProto {
   } catch (cause) {
     throw new ModelError(`cannot quantize: the fp32 model is not a readable ONNX model (${(cause as Error).message})`, { cause });
   }
-}
-
-function imageSize(model: onnxProto.onnx.ModelProto): number {
-  const input = model.graph!.input?.find((i) => i.name === MODEL_IO.input);
-  const dims = input?.type?.tensorType?.shape?.dim ?? [];
-  const fixed = dims.slice(1).map((d) => Number(d.dimValue ?? 0));
-  if (!input || dims.length !== 4 || fixed.some((d) => !(d > 0))) {
-    throw new ModelError(`cannot quantize: the model needs a float input "${MODEL_IO.input}" [batch, C, H, W] with fixed C, H, W`);
-  }
-  return fixed.reduce((a, b) => a * b, 1);
-}
-
-function stringAttribute(node: INode, name: string, fallback: string): string {
-  const attribute = node.attribute?.find((a) => a.name === name);
-  return attribute?.s ? new TextDecoder().decode(attribute.s) : fallback;
-}
-
-function intsAttribute(node: INode, name: string): number[] | undefined {
-  return node.attribute?.find((a) => a.name === name)?.ints?.map(Number);
 }
 
 /** Resize modes that repeat every pixel 2x2 when upscaling by exactly 2. */
@@ -412,12 +384,6 @@ export function foldNearestUpsampleIntoConv(graph: onnxProto.onnx.IGraphProto): 
   return replaced.size / 2;
 }
 
-function consumersOf(nodes: readonly INode[]): Map<string, INode[]> {
-  const consumers = new Map<string, INode[]>();
-  for (const node of nodes) for (const input of node.input ?? []) consumers.set(input, [...(consumers.get(input) ?? []), node]);
-  return consumers;
-}
-
 /** The output of the Relu that `tensor` alone feeds, directly or through single-consumer data-movement ops. */
 function reluReachedThroughDataMovement(tensor: string, consumers: ReadonlyMap<string, INode[]>): string | undefined {
   let current = tensor;
@@ -496,7 +462,7 @@ export async function quantizeInt8(fp32: Uint8Array, calibration: Float32Array[]
   if (calibration.length === 0) {
     throw new UsageError('int8 quantization needs calibration images', { hint: 'pass a few dozen normal images (e.g. the training images)' });
   }
-  const perImage = imageSize(model);
+  const perImage = imageSize(model, 'quantize');
   const wrongSize = calibration.findIndex((image) => image.length !== perImage);
   if (wrongSize >= 0) {
     throw new UsageError(`calibration image ${wrongSize} has ${calibration[wrongSize]!.length} values; the model takes ${perImage} per image`, {
@@ -515,8 +481,7 @@ export async function quantizeInt8(fp32: Uint8Array, calibration: Float32Array[]
   const initializers = new Map((graph.initializer ?? []).map((t) => [t.name ?? '', t]));
   const graphInputs = (graph.input ?? []).map((i) => i.name ?? '').filter((name) => !initializers.has(name));
   const graphOutputs = new Set((graph.output ?? []).map((o) => o.name ?? ''));
-  const producers = new Map<string, INode>();
-  for (const node of nodes) for (const output of node.output ?? []) producers.set(output, node);
+  const producers = producersOf(nodes);
   const consumers = consumersOf(nodes);
 
   // --- choose and calibrate activations -------------------------------------
