@@ -77,20 +77,21 @@ describe('InferenceScheduler', () => {
         this.kept.push(score);
       }
     }
+    const levels = [40, 128, 200];
     // Alone: one camera, one frame per round.
     const alone = new KeepingCamera('alone', bundle);
     const single = new InferenceScheduler();
     single.add(alone);
-    for (const value of [40, 128, 200]) {
+    for (const value of levels) {
       alone.queue.push(frame(value, value));
       single.wake();
       await settled([alone], alone.kept.length + 1);
     }
     // Batched: three cameras, rounds of three, then two more rounds that reuse the input buffer.
-    const cameras = [40, 128, 200].map((value) => new KeepingCamera(`v${value}`, bundle));
+    const cameras = levels.map((value) => new KeepingCamera(`v${value}`, bundle));
     const batched = new InferenceScheduler();
     for (const camera of cameras) batched.add(camera);
-    for (let round = 0; round < 3; round++) cameras.forEach((camera, i) => camera.queue.push(frame([40, 128, 200][i]!, [40, 128, 200][i]! + round * 20)));
+    for (let round = 0; round < 3; round++) cameras.forEach((camera, i) => camera.queue.push(frame(levels[i]!, levels[i]! + round * 20)));
     batched.wake();
     await settled(cameras, 9);
     cameras.forEach((camera, i) => {
