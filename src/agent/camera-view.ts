@@ -4,6 +4,7 @@ import { renderSnapshot } from '../publish/snapshot.js';
 import type { Box } from '../scoring/region.js';
 import type { Frame, PreviewImage } from '../source/index.js';
 import type { FrameSource } from './camera.js';
+import { detached, keepInto, type KeptFrame } from './kept-frame.js';
 
 /** How far back the score history reaches, and the longest window GET .../scores may ask for. */
 export const SCORE_HISTORY_SECONDS = 3600;
@@ -41,7 +42,8 @@ export interface CameraViewOptions {
 export class CameraView {
   readonly previews: boolean;
   private readonly history: ScoreHistory;
-  private latest: { frame: Frame; map: Float32Array; score: number } | undefined;
+  /** The latest scored frame and map, copied into arrays reused from frame to frame (keepInto says why). */
+  private latest: KeptFrame | undefined;
   private preview: PreviewImage | undefined;
   private readonly previewListeners = new Set<(preview: PreviewImage) => void>();
   /** One rendering per scored frame, shared by every request that asks while it is the latest. */
@@ -57,7 +59,7 @@ export class CameraView {
   }
 
   scored(frame: Frame, map: Float32Array, score: number): void {
-    this.latest = { frame, map, score };
+    this.latest = keepInto(this.latest, frame, map);
     this.history.push(frame.capturedAt, frame.monotonicAt, score);
   }
 
@@ -82,19 +84,22 @@ export class CameraView {
   /** The latest picture of the camera: its newest preview JPEG, else the latest scored frame as a JPEG; undefined before either. */
   async frameJpeg(): Promise<Buffer | undefined> {
     if (this.preview) return Buffer.from(this.preview.jpeg);
-    const latest = this.latest;
-    if (!latest) return undefined;
-    const cache = this.cacheFor(latest.frame);
-    cache.frame ??= encodeFrame(latest.frame, this.view(latest.frame));
+    if (!this.latest) return undefined;
+    const cache = this.cacheFor(this.latest.frame);
+    // A copy: the next frame reuses the latest's arrays while sharp may still be reading them.
+    cache.frame ??= encodeFrame(detached(this.latest).frame, this.view(this.latest.frame));
     return cache.frame;
   }
 
   /** The latest scored frame with its anomaly map over it, drawn as event snapshots are; undefined before the first. */
   async heatmapJpeg(): Promise<Buffer | undefined> {
-    const latest = this.latest;
-    if (!latest) return undefined;
-    const cache = this.cacheFor(latest.frame);
-    cache.heatmap ??= this.renderHeatmap(latest.frame, latest.map);
+    if (!this.latest) return undefined;
+    const cache = this.cacheFor(this.latest.frame);
+    if (cache.heatmap === undefined) {
+      // A copy: the rendering spans several turns of the event loop, in which later frames reuse the latest's arrays.
+      const { frame, map } = detached(this.latest);
+      cache.heatmap = this.renderHeatmap(frame, map);
+    }
     return cache.heatmap;
   }
 

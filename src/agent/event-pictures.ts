@@ -6,6 +6,7 @@ import type { EventMessage, ScoredFrame } from '../scoring/events.js';
 import { anomalyBox, toSourceBox, type Box } from '../scoring/region.js';
 import type { Frame } from '../source/index.js';
 import type { FrameSource } from './camera.js';
+import { detached, keepInto, type KeptFrame } from './kept-frame.js';
 
 /** Share of the map's maximum above which pixels count as the anomalous region. */
 const BOX_LEVEL = 0.5;
@@ -16,18 +17,13 @@ const BOX_LEVEL = 0.5;
  */
 export const SNAPSHOT_REFRESH_MS = 5000;
 
-interface ScoredEntry {
-  frame: Frame;
-  map: Float32Array;
-}
-
 /** The open event's peak frame, and which peak its snapshot file shows. */
 interface PeakPicture {
-  entry: ScoredEntry;
+  entry: KeptFrame;
   box: Box | null;
   snapshot: string | null;
   /** The peak the snapshot was last written from, and when (capture time). */
-  written: ScoredEntry | undefined;
+  written: KeptFrame | undefined;
   writtenAtMs: number;
 }
 
@@ -47,7 +43,7 @@ export interface EventPictureDeps {
  * pixels) and snapshot from its peak frame.
  */
 export class EventPictures {
-  private readonly recent: ScoredEntry[] = [];
+  private readonly recent: KeptFrame[] = [];
   private peak: PeakPicture | undefined;
 
   constructor(private readonly deps: EventPictureDeps) {}
@@ -60,11 +56,13 @@ export class EventPictures {
 
   /** Remember a scored frame; `trackerPeak` is the open event's peak as the debouncer sees it. */
   scored(frame: Frame, map: Float32Array, trackerPeak: Readonly<ScoredFrame> | undefined): void {
-    const entry: ScoredEntry = { frame, map };
+    // The window's slots are reused (keepInto says why); the oldest one takes the new frame.
+    const entry = keepInto(this.recent.length >= this.deps.keep ? this.recent.shift() : undefined, frame, map);
     this.recent.push(entry);
-    if (this.recent.length > this.deps.keep) this.recent.shift();
     if (trackerPeak && (!this.peak || this.peak.entry.frame.monotonicAt !== trackerPeak.timestampMs)) {
-      const peakEntry = this.recent.find((candidate) => candidate.frame.monotonicAt === trackerPeak.timestampMs) ?? entry;
+      const found = this.recent.find((candidate) => candidate.frame.monotonicAt === trackerPeak.timestampMs) ?? entry;
+      // The peak outlives the slot it was found in, and its snapshot may still be rendering from it.
+      const peakEntry = detached(found);
       this.peak = { ...(this.peak ?? { snapshot: null, written: undefined, writtenAtMs: -Infinity }), entry: peakEntry, box: this.boxOf(peakEntry) };
     }
   }
@@ -90,12 +88,12 @@ export class EventPictures {
 
   /** Box and snapshot of one frame on its own (a failed inspection); `name` names the snapshot file. */
   still(frame: Frame, map: Float32Array, name: string): { box: Box | null; snapshot: string | null } {
-    const entry: ScoredEntry = { frame, map };
+    const entry: KeptFrame = { frame, map };
     const box = this.boxOf(entry);
     return { box, snapshot: this.deps.snapshots ? this.writeSnapshot(name, entry, box) : null };
   }
 
-  private boxOf(entry: ScoredEntry): Box | null {
+  private boxOf(entry: KeptFrame): Box | null {
     const { width, height } = this.deps.bundle.manifest.input;
     let max = 0;
     for (const value of entry.map) if (value > max) max = value;
@@ -112,7 +110,7 @@ export class EventPictures {
     return { x: crop.x * source.width, y: crop.y * source.height, width: crop.width * source.width, height: crop.height * source.height };
   }
 
-  private writeSnapshot(eventId: string, entry: ScoredEntry, box: Box | null): string | null {
+  private writeSnapshot(eventId: string, entry: KeptFrame, box: Box | null): string | null {
     const { snapshots, source, bundle, camera, log } = this.deps;
     const store = snapshots!;
     const { width, height, channels } = bundle.manifest.input;

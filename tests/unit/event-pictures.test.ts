@@ -33,14 +33,14 @@ function hotMap(): Float32Array {
   return map;
 }
 
-function pictures(store: SnapshotStore): EventPictures {
+function pictures(store: SnapshotStore, keep = 8): EventPictures {
   const deps = {
     camera: { name: 'cam1' },
     bundle: { manifest: { input: { width: SIZE, height: SIZE, channels: 1 } } },
     source: { sourceSize: { width: SIZE, height: SIZE }, previewNear: () => undefined },
     snapshots: store,
     log: { warn: () => {} },
-    keep: 8,
+    keep,
   } as unknown as EventPictureDeps;
   return new EventPictures(deps);
 }
@@ -77,5 +77,27 @@ describe('EventPictures snapshots', () => {
     event.scored(frameAt(2), hotMap(), { score: 1, timestampMs: 0, wallMs: 0 });
     event.picture(message('end'));
     expect(store.saved).toEqual([0]);
+  });
+
+  it("draws the peak's own frame after the window slot it was found in took later frames", () => {
+    const store = new CountingStore({ dir, retain: 10 });
+    const event = pictures(store, 2);
+    event.scored(frameAt(0), hotMap(), { score: 5, timestampMs: 0, wallMs: 0 });
+    event.picture(message('start'));
+    event.scored(frameAt(1), hotMap(), { score: 9, timestampMs: 1000, wallMs: 0 });
+    event.picture(message('update')); // within SNAPSHOT_REFRESH_MS: not written yet
+    for (const seconds of [2, 3, 4]) event.scored(frameAt(seconds), hotMap(), { score: 9, timestampMs: 1000, wallMs: 0 });
+    event.picture(message('end'));
+    expect(store.saved).toEqual([0, 1]);
+  });
+
+  it("keeps none of the caller's arrays: a frame changed after scored() leaves its picture as it was", () => {
+    const store = new CountingStore({ dir, retain: 10 });
+    const event = pictures(store, 2);
+    const frame = frameAt(7);
+    event.scored(frame, hotMap(), { score: 5, timestampMs: 7000, wallMs: 0 });
+    frame.data[0] = 42;
+    event.picture(message('start'));
+    expect(store.saved).toEqual([7]);
   });
 });
