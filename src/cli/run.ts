@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { App } from '../agent/app.js';
+import { fewerFullCollections } from '../agent/heap-tuning.js';
 import { describeError } from '../agent/models.js';
 import { DEFAULT_CONFIG_FILE, loadConfig } from '../config/index.js';
 import { formatError } from '../errors.js';
@@ -15,6 +16,7 @@ export function registerRun(program: Command): void {
       const config = await loadConfig(flags.config);
       const log = createLogger({ level: config.log.level, format: config.log.format });
       leanImageMemory();
+      fewerFullCollections();
       const app = new App({ config, log, announce: (line) => console.log(line) });
 
       let stopping: Promise<void> | undefined;
