@@ -95,11 +95,8 @@ export class CameraView {
   async heatmapJpeg(): Promise<Buffer | undefined> {
     if (!this.latest) return undefined;
     const cache = this.cacheFor(this.latest.frame);
-    if (cache.heatmap === undefined) {
-      // A copy: the rendering spans several turns of the event loop, in which later frames reuse the latest's arrays.
-      const { frame, map } = detached(this.latest);
-      cache.heatmap = this.renderHeatmap(frame, map);
-    }
+    // A copy: the rendering spans several turns of the event loop, in which later frames reuse the latest's arrays.
+    cache.heatmap ??= this.renderHeatmap(detached(this.latest));
     return cache.heatmap;
   }
 
@@ -118,7 +115,7 @@ export class CameraView {
     return this.rendered;
   }
 
-  private renderHeatmap(frame: Frame, map: Float32Array): Promise<Buffer> {
+  private renderHeatmap({ frame, map }: KeptFrame): Promise<Buffer> {
     const { source } = this.options;
     // The preview taken nearest the frame, as event snapshots pick it: the full source picture is the better base.
     const preview = source.previewNear(frame.monotonicAt);

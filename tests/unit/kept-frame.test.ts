@@ -61,28 +61,25 @@ describe('CameraView', () => {
   const source = { sourceSize: { width: WIDTH * 10, height: HEIGHT * 10 }, previewNear: () => undefined, on: () => undefined } as unknown as FrameSource;
   const view = () => new CameraView({ source, clock: systemClock, fps: 5, previews: false, crop: () => undefined });
 
-  it('draws the heat map of the frame it was asked for, even when later frames are scored while it renders', async () => {
+  /** What `picture` gives for frame 1 alone, and for frame 1 when frame 2 is scored before it resolves. */
+  async function aloneAndInterrupted(picture: (view: CameraView) => Promise<Buffer | undefined>): Promise<[Buffer, Buffer]> {
     const alone = view();
     alone.scored(frame(1, 40), hotMap(3), 0.5);
-    const expected = await alone.heatmapJpeg();
-
+    const expected = await picture(alone);
     const busy = view();
     busy.scored(frame(1, 40), hotMap(3), 0.5);
-    const rendering = busy.heatmapJpeg();
+    const pending = picture(busy);
     busy.scored(frame(2, 200), hotMap(20), 0.9); // reuses the latest's arrays
-    const drawn = await rendering;
-    expect(drawn!.equals(expected!)).toBe(true);
+    return [expected!, (await pending)!];
+  }
+
+  it('draws the heat map of the frame it was asked for, even when later frames are scored while it renders', async () => {
+    const [expected, drawn] = await aloneAndInterrupted((camera) => camera.heatmapJpeg());
+    expect(drawn.equals(expected)).toBe(true);
   });
 
   it('encodes the frame it was asked for, even when later frames are scored while sharp encodes it', async () => {
-    const alone = view();
-    alone.scored(frame(1, 40), hotMap(3), 0.5);
-    const expected = await alone.frameJpeg();
-
-    const busy = view();
-    busy.scored(frame(1, 40), hotMap(3), 0.5);
-    const encoding = busy.frameJpeg();
-    busy.scored(frame(2, 200), hotMap(20), 0.9);
-    expect((await encoding)!.equals(expected!)).toBe(true);
+    const [expected, encoded] = await aloneAndInterrupted((camera) => camera.frameJpeg());
+    expect(encoded.equals(expected)).toBe(true);
   });
 });
