@@ -199,6 +199,54 @@ describe('systemd/linewatch.service', () => {
     expect(one('MemoryDenyWriteExecute')).toBeUndefined();
   });
 
+  /**
+   * How many MB glibc's heap (the `[heap]` mapping) grows by when a node started with `environment` allocates
+   * 200 blocks of 256 KB, after it freed one 1 MB block. Without a fixed threshold that free has raised glibc's
+   * mmap threshold above 256 KB, so the blocks come from the heap, whose freed pages stay resident while
+   * anything above them lives; with it, each block is mapped on its own and unmapped when freed.
+   */
+  function heapGrowthMb(environment: Record<string, string>): number {
+    const script = `
+      const heapMb = () => {
+        const line = require('node:fs').readFileSync('/proc/self/maps', 'utf8').split('\\n').find((l) => l.endsWith('[heap]'));
+        if (!line) return 0;
+        const [from, to] = line.split(' ')[0].split('-').map((address) => parseInt(address, 16));
+        return (to - from) / 1048576;
+      };
+      (async () => {
+        // V8 frees array buffers' memory after a collection, off the main thread: a few rounds, with time.
+        for (let round = 0; round < 3; round++) {
+          let big = Buffer.allocUnsafeSlow(1 << 20).fill(1);
+          big = null;
+          gc();
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        const before = heapMb();
+        const blocks = [];
+        for (let i = 0; i < 200; i++) blocks.push(Buffer.allocUnsafeSlow(256 * 1024));
+        console.log(heapMb() - before);
+      })();`;
+    const result = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', env: { PATH: process.env.PATH ?? '', ...environment } });
+    expect(result.status, result.stderr).toBe(0);
+    return Number(result.stdout.trim());
+  }
+
+  const glibc = (process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime !== undefined;
+  if (!glibc) console.warn('skipping the malloc environment test: node does not run on glibc here');
+
+  it.skipIf(!glibc)('its malloc environment maps blocks of 128 KB and more on their own, so freeing them gives the memory back', () => {
+    const environment: Record<string, string> = {};
+    for (const line of parseUnit(unitText).Service!.Environment ?? []) {
+      const at = line.indexOf('=');
+      if (line.startsWith('MALLOC_')) environment[line.slice(0, at)] = line.slice(at + 1);
+    }
+    expect(environment.MALLOC_MMAP_THRESHOLD_).toBeDefined();
+    expect(heapGrowthMb(environment)).toBeLessThan(5);
+    // The control: without the fixed threshold the same blocks land in the heap.
+    const { MALLOC_MMAP_THRESHOLD_: _threshold, ...withoutThreshold } = environment;
+    expect(heapGrowthMb(withoutThreshold)).toBeGreaterThan(45);
+  });
+
   it.skipIf(!hasCommand('systemd-analyze'))('passes systemd-analyze verify', () => {
     const dir = mkdtempSync(join(tmpdir(), 'linewatch-unit-'));
     // verify checks that ExecStart's binary exists: use this machine's node.
