@@ -11,7 +11,7 @@ import type { EmbeddedBroker } from '../publish/broker.js';
 import { HomeAssistantDiscovery } from '../publish/homeassistant.js';
 import { MqttPublisher, redactUrl } from '../publish/mqtt.js';
 import type { AnomalyEventPayload } from '../publish/payloads.js';
-import { SnapshotStore } from '../publish/snapshot.js';
+import { SnapshotStore, warmUpSnapshotRendering } from '../publish/snapshot.js';
 import { sparkplugNodeFromConfig } from '../publish/sparkplug.js';
 import { LINEWATCH_VERSION } from '../version.js';
 import { addInspectRoute, addReadApiRoutes } from './api-routes.js';
@@ -241,6 +241,13 @@ export class App {
   private async startCameras(): Promise<void> {
     const { config, log } = this;
     const sink = this.eventSink();
+    if (this.cameras.some((camera) => camera.snapshots.enabled)) {
+      await warmUpSnapshotRendering().then(
+        (ms) => log.debug(`snapshot renderer warmed up in ${Math.round(ms)} ms`),
+        // Only the first events' snapshots come slower without it.
+        (error: unknown) => log.warn(`could not warm up the snapshot renderer: ${(error as Error).message}`),
+      );
+    }
     for (const camera of this.cameras) {
       // One store per camera: each keeps its own `retain` newest files, within its byte budget, under snapshots/<camera>/.
       const snapshots = new SnapshotStore({

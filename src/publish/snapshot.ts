@@ -485,6 +485,40 @@ function giveBackScratch(array: Float32Array): void {
   stretchedScratch.sort((a, b) => b.length - a.length).splice(MAX_SCRATCH_KEPT);
 }
 
+/**
+ * Renders that bring the overlay code to V8's optimising compiler. Measured in a fresh node, a
+ * render held the event loop for 31 and 34 ms the first two times, 6 ms the third, 2-4 ms from
+ * then on: so the first events after a start (cameras often start theirs together) waited behind
+ * about 30 ms each for the snapshots of the others.
+ */
+const WARM_UP_RENDERS = 4;
+
+/**
+ * Renders snapshots of a made-up frame, both kinds of base picture (a preview JPEG and a model
+ * frame), and throws them away: run at start, before any camera, so that the first real events do
+ * not pay for compiling the renderer. Touches no disk. Resolves to the milliseconds it took.
+ */
+export async function warmUpSnapshotRendering(renders = WARM_UP_RENDERS): Promise<number> {
+  const began = performance.now();
+  const width = 112;
+  const height = 64;
+  const pixels = new Uint8Array(width * height);
+  const map = new Float32Array(width * height);
+  for (let i = 0; i < pixels.length; i++) {
+    pixels[i] = (i * 7) % 256;
+    map[i] = (i % width) / width;
+  }
+  const preview = await sharp(Buffer.alloc(640 * 360 * 3, 128), { raw: { width: 640, height: 360, channels: 3 } }).jpeg().toBuffer();
+  const box = { x: width / 4, y: height / 4, width: width / 2, height: height / 2 };
+  for (let i = 0; i < renders; i++) {
+    const image: SnapshotImage = i % 2 === 0 ? { pixels, width, height, channels: 1 } : { jpeg: preview };
+    const input: SnapshotInput = { camera: 'warm-up', eventId: 'warm-up', image, map, mapWidth: width, mapHeight: height, box, source: { width, height } };
+    await renderSnapshot(input);
+    await originalJpeg(image);
+  }
+  return performance.now() - began;
+}
+
 function nextTurnOfEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }

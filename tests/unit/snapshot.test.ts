@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LinewatchError, UsageError } from '../../src/errors.js';
-import { BLEND_PIXELS_PER_SLICE, colourMap, originalPathOf, renderSnapshot, SnapshotStore, type SnapshotInput } from '../../src/publish/snapshot.js';
+import { BLEND_PIXELS_PER_SLICE, colourMap, originalPathOf, renderSnapshot, SnapshotStore, warmUpSnapshotRendering, type SnapshotInput } from '../../src/publish/snapshot.js';
 import { realisticMap, referenceRender } from '../../bench/reference-snapshot.js';
 import { anomalyBox, toSourceBox, type Box } from '../../src/scoring/region.js';
 
@@ -403,6 +403,22 @@ describe('renderSnapshot against the libvips composite it replaced', () => {
     const rowsPerSlice = Math.floor(BLEND_PIXELS_PER_SLICE / 367);
     expect(pauses).toBe(Math.ceil(300 / rowsPerSlice) - 1);
     expect(sliced.equals(whole)).toBe(true);
+  });
+
+  it('warms up without touching the disk, and leaves later pictures as they were', async () => {
+    const input = await cases[2]!.input();
+    const before = await renderSnapshot(input);
+    const cwd = mkdtempSync(join(tmpdir(), 'linewatch-warm-up-'));
+    const previous = process.cwd();
+    process.chdir(cwd);
+    try {
+      expect(await warmUpSnapshotRendering(2)).toBeGreaterThan(0);
+      expect(readdirSync(cwd)).toEqual([]);
+    } finally {
+      process.chdir(previous);
+      rmSync(cwd, { recursive: true, force: true });
+    }
+    expect((await renderSnapshot(input)).equals(before)).toBe(true);
   });
 
   it('gives each of two renders running at once (interleaved slices) its own picture', async () => {
