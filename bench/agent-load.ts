@@ -176,6 +176,8 @@ interface EventRecord {
   type: string;
   reason: string | undefined;
   receivedAt: number;
+  /** Wall-clock capture time of the frame that triggered the message (event.at), ms. */
+  capturedAt: number;
   /** Receive time minus the capture time of the frame that triggered the message, ms. */
   latencyMs: number;
 }
@@ -197,7 +199,8 @@ async function subscribe(url: string, noDelay: boolean): Promise<Subscription> {
     messagesByKind[kind] = (messagesByKind[kind] ?? 0) + 1;
     if (!topic.endsWith('/events')) return;
     const event = JSON.parse(payload.toString('utf8')) as { type: string; camera: string; at: string; reason?: string };
-    events.push({ camera: event.camera, type: event.type, reason: event.reason, receivedAt, latencyMs: receivedAt - Date.parse(event.at) });
+    const capturedAt = Date.parse(event.at);
+    events.push({ camera: event.camera, type: event.type, reason: event.reason, receivedAt, capturedAt, latencyMs: receivedAt - capturedAt });
   });
   await client.subscribeAsync(`linewatch/${DEVICE_ID}/#`, { qos: 1 });
   return { events, messagesByKind, close: () => client.endAsync(true) };
@@ -347,6 +350,7 @@ async function run(settings: BenchSettings) {
     const samples: Sample[] = [];
     let ffmpegCommands: string[][] = [];
     const origin = performance.now();
+    const measuringFrom = Date.now();
     const takeSample = async (): Promise<Sample> => {
       const ffmpegs = childrenOf(pid).filter((child) => child.comm === 'ffmpeg');
       ffmpegLedger.observe(ffmpegs);
@@ -408,7 +412,7 @@ async function run(settings: BenchSettings) {
     console.log(`baseline: the same ${ffmpegCommands.length} ffmpeg command line(s) without the agent for ${settings.baselineS} s`);
     const baseline = await measureDecodingAlone(ffmpegCommands, settings.baselineS);
 
-    return summarise({ settings, machine, model, samples, last, events: subscription.events, messagesByKind: subscription.messagesByKind, startUpS, shutdown, baseline, warnings });
+    return summarise({ settings, machine, model, samples, last, events: subscription.events, messagesByKind: subscription.messagesByKind, startUpS, measuringFrom, stopSentAt, shutdown, baseline, warnings });
   } finally {
     for (const cleanup of cleanups) {
       try {
@@ -431,6 +435,9 @@ interface SummaryInput {
   events: EventRecord[];
   messagesByKind: Record<string, number>;
   startUpS: number;
+  /** Wall-clock ms at which the measurement began (every camera scoring) and at which SIGTERM was sent. */
+  measuringFrom: number;
+  stopSentAt: number;
   shutdown: { exitCode: number | null; signal: string | null; exitedWithinS: number | null; eventEndsOnShutdown: number; ffmpegLeftRunning: number; logTail?: string };
   baseline: Baseline;
   warnings: string[];
@@ -460,6 +467,10 @@ function summarise(input: SummaryInput) {
 
   const starts = events.filter((event) => event.type === 'start');
   const latencies = starts.map((event) => event.latencyMs).sort((a, b) => a - b);
+  const latencyOf = (list: EventRecord[]) => {
+    const sorted = list.map((event) => event.latencyMs).sort((a, b) => a - b);
+    return { count: sorted.length, p50: percentile(sorted, 50), p95: percentile(sorted, 95), p99: percentile(sorted, 99), max: sorted.at(-1) ?? null };
+  };
   const frames = Object.fromEntries(
     Object.entries(last.frames ?? {}).map(([camera, counters]) => {
       const atWarm = warm.frames?.[camera];
@@ -537,6 +548,20 @@ function summarise(input: SummaryInput) {
       p95: percentile(latencies, 95),
       p99: percentile(latencies, 99),
       max: latencies.at(-1) ?? null,
+      /**
+       * The same, split by when the frame was captured: while every camera was scoring and before the stop
+       * (the steady state), during start-up (before the measurement began), and after SIGTERM was sent.
+       */
+      byPhase: {
+        measured: latencyOf(starts.filter((event) => event.capturedAt >= input.measuringFrom && event.capturedAt < input.stopSentAt)),
+        startUp: latencyOf(starts.filter((event) => event.capturedAt < input.measuringFrom)),
+        stopping: latencyOf(starts.filter((event) => event.capturedAt >= input.stopSentAt)),
+      },
+      /** The slowest starts, to line up with a CPU profile (--cpu-prof) or the agent's log. */
+      slowest: [...starts]
+        .sort((a, b) => b.latencyMs - a.latencyMs)
+        .slice(0, 5)
+        .map((event) => ({ camera: event.camera, receivedAt: new Date(event.receivedAt).toISOString(), latencyMs: event.latencyMs })),
     },
     events: Object.fromEntries(Object.entries(eventCounts).sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true }))),
     messages: input.messagesByKind,
@@ -592,6 +617,9 @@ function printSummary(summary: Summary): void {
   console.log(`RSS: start ${memory.rssStartMb} MB, after warm-up ${memory.rssAfterWarmUpMb} MB, peak ${memory.rssPeakMb} MB, end ${memory.rssEndMb} MB, slope ${memory.rssSlopeMbPerMinute} MB/min`);
   console.log(`second half: RSS ${memory.rssSlopeSecondHalfMbPerMinute} MB/min, V8 heap used ${memory.heapUsedSlopeSecondHalfMbPerMinute} MB/min, external ${memory.externalSlopeSecondHalfMbPerMinute} MB/min`);
   console.log(`event start latency (${latencyMs.count}): p50 ${latencyMs.p50} ms, p95 ${latencyMs.p95} ms, p99 ${latencyMs.p99} ms, max ${latencyMs.max} ms`);
+  for (const [phase, stats] of Object.entries(latencyMs.byPhase)) {
+    console.log(`  ${phase} (${stats.count}): p50 ${stats.p50 ?? '-'} ms, p99 ${stats.p99 ?? '-'} ms, max ${stats.max ?? '-'} ms`);
+  }
   console.log('events:');
   console.table(summary.events);
   console.log('targets:');
@@ -661,7 +689,17 @@ function markdownSummary(summary: Summary, jsonName: string): string {
     '',
     `${latencyMs.what}.`,
     '',
-    markdownTable(['starts', 'p50', 'p95', 'p99', 'max'], [[latencyMs.count, `${latencyMs.p50} ms`, `${latencyMs.p95} ms`, `${latencyMs.p99} ms`, `${latencyMs.max} ms`]]),
+    markdownTable(
+      ['frames captured', 'starts', 'p50', 'p95', 'p99', 'max'],
+      (
+        [
+          ['all', latencyMs],
+          ['while measuring (every camera scoring, before the stop)', latencyMs.byPhase.measured],
+          ['during start-up', latencyMs.byPhase.startUp],
+          ['after SIGTERM', latencyMs.byPhase.stopping],
+        ] as const
+      ).map(([phase, stats]) => [phase, stats.count, ...[stats.p50, stats.p95, stats.p99, stats.max].map((ms) => (ms === null ? '-' : `${ms} ms`))]),
+    ),
     '',
     '## Events',
     '',
