@@ -209,6 +209,7 @@ export class App {
       statsIntervalMs: config.mqtt.statsIntervalS * 1000,
       statsProvider: () => ({ cameras: Object.fromEntries(this.pipelines.map((p) => [p.name, p.stats()])) }),
       logger: log.child({ component: 'mqtt' }),
+      onEventWrite: (seconds) => this.metrics.eventWrite(seconds),
     });
     this.publisher.onConnectionChange(() => this.syncMqttMetrics());
     // Never blocks on the broker: events wait in the durable outbox until it is reachable.

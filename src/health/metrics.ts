@@ -15,6 +15,8 @@ export interface AgentMetricsOptions {
 
 /** Inference takes ~0.4 ms per 64 px frame on a desktop CPU and tens of ms on small boards. */
 const INFERENCE_BUCKETS_S = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];
+/** A local SSD syncs in about a millisecond; an SD card or a busy virtual disk can take a hundred or more. */
+const EVENT_WRITE_BUCKETS_S = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2];
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -38,6 +40,7 @@ export class AgentMetrics {
   readonly #mqttOutboxSize: Gauge;
   readonly #mqttEventsDropped: Counter;
   readonly #mqttOutboxDurable: Gauge;
+  readonly #eventWriteSeconds: Histogram;
   /** The publisher's running total at the last mqtt() call: the counter grows by the difference. */
   #mqttDroppedSeen = 0;
 
@@ -113,6 +116,12 @@ export class AgentMetrics {
       registers,
     });
     this.#mqttOutboxDurable.set(1);
+    this.#eventWriteSeconds = new Histogram({
+      name: 'linewatch_event_write_seconds',
+      help: 'Time to put a batch of event messages on disk (open-events journal and outbox, each synced) before they are published: a slow disk delays every event by this much.',
+      buckets: EVENT_WRITE_BUCKETS_S,
+      registers,
+    });
   }
 
   /**
@@ -186,6 +195,11 @@ export class AgentMetrics {
   }
 
   /** `counters.dropped` is the publisher's running total (MqttPublisher.metrics()), not a delta. */
+  /** One batch of event messages written durably (MqttPublisherOptions.onEventWrite). */
+  eventWrite(seconds: number): void {
+    this.#eventWriteSeconds.observe(seconds);
+  }
+
   mqtt(counters: Pick<MqttCounters, 'connected' | 'outboxSize'> & Partial<Pick<MqttCounters, 'dropped' | 'durable'>>): void {
     this.#mqttConnected.set(counters.connected ? 1 : 0);
     this.#mqttOutboxSize.set(counters.outboxSize);

@@ -69,6 +69,11 @@ export interface MqttPublisherOptions extends MqttConnectionOptions {
   statsProvider?: () => { cameras: Record<string, CameraStats> };
   /** How long close() waits for outstanding PUBACKs. */
   closeTimeoutMs?: number;
+  /**
+   * Called with the seconds each batch of event messages took to reach the disk (journal and outbox, each synced),
+   * which every one of them waited for before it was handed to the broker.
+   */
+  onEventWrite?: (seconds: number) => void;
   logger?: PublisherLogger;
 }
 
@@ -602,6 +607,7 @@ export class MqttPublisher {
     const batch = this.batched;
     if (batch.length === 0) return;
     this.batched = [];
+    const began = this.clock.monotonic();
     let opened = false;
     for (const { event } of batch) {
       if (event.type === 'end') continue;
@@ -615,6 +621,7 @@ export class MqttPublisher {
       if (event.type === 'end' && this.journal.has(event.id)) ends.push({ seq: entry.seq, id: event.id });
     }
     this.outbox.sync();
+    this.options.onEventWrite?.((this.clock.monotonic() - began) / 1000);
     if (ends.length === 0) return;
     if (this.outbox.durable) {
       for (const { id } of ends) this.journal.forget(id);

@@ -398,6 +398,32 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
     expect(recorder.messages.map((m) => JSON.parse(m.payload))).toEqual([start, end]);
   });
 
+  it('reports the time each batch of events took to reach the disk, on /metrics as linewatch_event_write_seconds', async () => {
+    const metrics = new AgentMetrics({ processMetrics: false });
+    const writes: number[] = [];
+    const publisher = newPublisher({
+      url: broker.url,
+      onEventWrite: (seconds) => {
+        writes.push(seconds);
+        metrics.eventWrite(seconds);
+      },
+    });
+    await publisher.connect();
+    const began = performance.now();
+    publisher.batchWrites(() => {
+      for (const camera of ['cam1', 'cam2', 'cam3']) publisher.publishEvent(makeEvent('start', { camera }));
+    });
+    publisher.publishEvent(makeEvent('start', { camera: 'cam4' }));
+    const elapsedS = (performance.now() - began) / 1000;
+    // One write for the burst, one for the single event; each took part of the time measured around both.
+    expect(writes).toHaveLength(2);
+    for (const seconds of writes) expect(seconds).toBeGreaterThan(0);
+    expect(writes[0]! + writes[1]!).toBeLessThanOrEqual(elapsedS);
+    const text = await metrics.render();
+    expect(text).toMatch(/^linewatch_event_write_seconds_count 2$/m);
+    expect(text).toMatch(/^linewatch_event_write_seconds_bucket\{le="\+Inf"\} 2$/m);
+  });
+
   it.skipIf(!hasStrace)('writes the events of a batchWrites burst with one journal write and one outbox fdatasync, durable and in order', async () => {
     const dataDir = newDataDir();
     const publisher = newPublisher({ url: broker.url, dataDir });
