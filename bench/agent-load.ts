@@ -27,7 +27,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto, writeReport } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, parseEventWrites, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, SLOW_WRITE_MS, startMosquitto, summariseEventWrites, writeReport, type EventWrites } from './measure.js';
 import { freePort, spawnAgent } from './net.js';
 import { modelAndVideo } from './options.js';
 
@@ -133,6 +133,7 @@ function parseHeap(metricsText: string): { heapUsedMb: number; externalMb: numbe
 interface AgentMetricsSample {
   frames: Record<string, AgentFrames>;
   heap: { heapUsedMb: number; externalMb: number } | undefined;
+  eventWrites: EventWrites | undefined;
 }
 
 async function fetchAgentMetrics(healthUrl: string): Promise<AgentMetricsSample | undefined> {
@@ -140,7 +141,7 @@ async function fetchAgentMetrics(healthUrl: string): Promise<AgentMetricsSample 
     const response = await fetch(`${healthUrl}/metrics`, { signal: AbortSignal.timeout(2000) });
     if (!response.ok) return undefined;
     const text = await response.text();
-    return { frames: parseFrameCounters(text), heap: parseHeap(text) };
+    return { frames: parseFrameCounters(text), heap: parseHeap(text), eventWrites: parseEventWrites(text) };
   } catch {
     return undefined;
   }
@@ -222,6 +223,7 @@ interface Sample {
   frames: Record<string, AgentFrames> | undefined;
   heapUsedMb: number | undefined;
   externalMb: number | undefined;
+  eventWrites: EventWrites | undefined;
 }
 
 function benchCpuS(): number {
@@ -372,6 +374,7 @@ async function run(settings: BenchSettings) {
         frames: metrics?.frames,
         heapUsedMb: metrics?.heap?.heapUsedMb,
         externalMb: metrics?.heap?.externalMb,
+        eventWrites: metrics?.eventWrites,
       };
       samples.push(sample);
       return sample;
@@ -563,6 +566,7 @@ function summarise(input: SummaryInput) {
         .slice(0, 5)
         .map((event) => ({ camera: event.camera, receivedAt: new Date(event.receivedAt).toISOString(), latencyMs: event.latencyMs })),
     },
+    eventWrites: summariseEventWrites(last.eventWrites),
     events: Object.fromEntries(Object.entries(eventCounts).sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true }))),
     messages: input.messagesByKind,
     shutdown: input.shutdown,
@@ -619,6 +623,11 @@ function printSummary(summary: Summary): void {
   console.log(`event start latency (${latencyMs.count}): p50 ${latencyMs.p50} ms, p95 ${latencyMs.p95} ms, p99 ${latencyMs.p99} ms, max ${latencyMs.max} ms`);
   for (const [phase, stats] of Object.entries(latencyMs.byPhase)) {
     console.log(`  ${phase} (${stats.count}): p50 ${stats.p50 ?? '-'} ms, p99 ${stats.p99 ?? '-'} ms, max ${stats.max ?? '-'} ms`);
+  }
+  const writes = summary.eventWrites;
+  if (writes) {
+    const slow = Object.entries(writes.slowerThanMs).map(([ms, count]) => `> ${ms} ms: ${count ?? '-'}`).join(', ');
+    console.log(`event writes before publishing (${writes.count}): mean ${writes.meanMs} ms; ${slow}`);
   }
   console.log('events:');
   console.table(summary.events);
@@ -701,6 +710,19 @@ function markdownSummary(summary: Summary, jsonName: string): string {
       ).map(([phase, stats]) => [phase, stats.count, ...[stats.p50, stats.p95, stats.p99, stats.max].map((ms) => (ms === null ? '-' : `${ms} ms`))]),
     ),
     '',
+    `Slowest starts: ${latencyMs.slowest.map((start) => `${start.camera} ${start.latencyMs} ms (received ${start.receivedAt})`).join('; ')}.`,
+    '',
+    ...(summary.eventWrites
+      ? [
+          `Every event message waits until it is on disk: ${summary.eventWrites.what}, over the whole run.`,
+          '',
+          markdownTable(
+            ['writes', 'mean', ...SLOW_WRITE_MS.map((ms) => `> ${ms} ms`)],
+            [[summary.eventWrites.count, `${summary.eventWrites.meanMs} ms`, ...SLOW_WRITE_MS.map((ms) => summary.eventWrites!.slowerThanMs[ms] ?? '-')]],
+          ),
+          '',
+        ]
+      : []),
     '## Events',
     '',
     markdownTable(['camera', ...eventKinds], Object.entries(summary.events).map(([camera, counts]) => [camera, ...eventKinds.map((kind) => counts[kind] ?? 0)])),

@@ -32,7 +32,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto, writeReport } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, parseEventWrites, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto, summariseEventWrites, writeReport, type EventWrites } from './measure.js';
 import { freePort, unitEnvironment } from './net.js';
 import { cameraCounts, modelAndVideo, nonNegativeNumber, positiveNumber } from './options.js';
 
@@ -191,7 +191,7 @@ interface FrameCounters {
   restarts: number;
 }
 
-async function fetchCounters(healthUrl: string): Promise<Record<string, FrameCounters> | undefined> {
+async function fetchCounters(healthUrl: string): Promise<{ cameras: Record<string, FrameCounters>; eventWrites: EventWrites | undefined } | undefined> {
   const names: Record<string, keyof FrameCounters> = {
     linewatch_frames_in_total: 'in',
     linewatch_frames_scored_total: 'scored',
@@ -202,14 +202,15 @@ async function fetchCounters(healthUrl: string): Promise<Record<string, FrameCou
     const response = await fetch(`${healthUrl}/metrics`, { signal: AbortSignal.timeout(3000) });
     if (!response.ok) return undefined;
     const cameras: Record<string, FrameCounters> = {};
-    for (const line of (await response.text()).split('\n')) {
+    const text = await response.text();
+    for (const line of text.split('\n')) {
       const match = /^(linewatch_\w+)\{camera="([^"]+)"\}\s+(\S+)/.exec(line);
       const field = match && names[match[1]!];
       if (!match || !field) continue;
       const camera = (cameras[match[2]!] ??= { in: 0, scored: 0, dropped: 0, restarts: 0 });
       camera[field] = Number(match[3]);
     }
-    return cameras;
+    return { cameras, eventWrites: parseEventWrites(text) };
   } catch {
     return undefined;
   }
@@ -325,6 +326,7 @@ interface Sample {
   machineBusyS: number;
   machineTotalS: number;
   counters: FrameCounters;
+  eventWrites: EventWrites | undefined;
 }
 
 async function runStep(settings: Settings, cameras: number, videos: readonly string[], workRoot: string) {
@@ -343,7 +345,7 @@ async function runStep(settings: Settings, cameras: number, videos: readonly str
     const launchedAt = performance.now();
     for (;;) {
       if (agent.gone()) throw new Error(`the agent exited during start-up:\n${agent.logTail()}`);
-      const counters = await fetchCounters(healthUrl);
+      const counters = (await fetchCounters(healthUrl))?.cameras;
       if (counters && Object.keys(counters).length >= cameras && Object.values(counters).every((c) => c.scored > 0)) break;
       if (performance.now() - launchedAt > 180_000) throw new Error(`not every camera was scoring 180 s after start:\n${agent.logTail()}`);
       await sleep(250);
@@ -359,7 +361,9 @@ async function runStep(settings: Settings, cameras: number, videos: readonly str
       const machine = readMachineCpu();
       // /metrics costs the agent CPU too (prom-client renders every series): read it every few seconds, and at
       // the edges of the window, not every second.
-      const counters = fetchNow ? totals(await fetchCounters(healthUrl)) : (samples.at(-1)?.counters ?? totals(undefined));
+      const fetched = fetchNow ? await fetchCounters(healthUrl) : undefined;
+      const counters = fetchNow ? totals(fetched?.cameras) : (samples.at(-1)?.counters ?? totals(undefined));
+      const eventWrites = fetchNow ? fetched?.eventWrites : samples.at(-1)?.eventWrites;
       return {
         t,
         rssMb: mib(readRssBytes(pid)),
@@ -368,6 +372,7 @@ async function runStep(settings: Settings, cameras: number, videos: readonly str
         machineBusyS: machine.busyS,
         machineTotalS: machine.totalS,
         counters,
+        eventWrites,
       };
     };
     const origin = performance.now();
@@ -444,6 +449,7 @@ async function runStep(settings: Settings, cameras: number, videos: readonly str
         p99,
         max: starts.at(-1) ?? null,
       },
+      eventWrites: summariseEventWrites(last.eventWrites, warm.eventWrites),
       memory: {
         rssAfterWarmUpMb: round(warm.rssMb),
         rssPeakMb: round(Math.max(...rss)),
@@ -528,7 +534,7 @@ function markdown(result: Summary, jsonName: string): string {
       (result.result.saturatesAt ? `; not sustained at ${result.result.saturatesAt.cameras} (${result.result.saturatesAt.reasons.join(', ')}).` : '; every step sustained.'),
     '',
     markdownTable(
-      ['cameras', 'sustained', 'scored/s (of)', 'dropped', 'agent % core', 'ffmpeg % core', 'rest % core', 'ffmpeg alone % core', 'agent ms/frame', 'latency p50 / p99 (starts)', 'RSS peak MB', 'RSS slope MB/min'],
+      ['cameras', 'sustained', 'scored/s (of)', 'dropped', 'agent % core', 'ffmpeg % core', 'rest % core', 'ffmpeg alone % core', 'agent ms/frame', 'latency p50 / p99 (starts)', 'event writes > 10 / > 50 ms (of)', 'RSS peak MB', 'RSS slope MB/min'],
       result.steps.map((step) => [
         step.cameras,
         step.sustained ? 'yes' : `**no**: ${step.reasons.join(', ')}`,
@@ -540,12 +546,13 @@ function markdown(result: Summary, jsonName: string): string {
         step.ffmpegAlone.cpuPercentOfOneCore,
         step.agentMsPerScoredFrame,
         `${step.latencyMs.p50 ?? '–'} / ${step.latencyMs.p99 ?? '–'} ms (${step.latencyMs.starts})`,
+        step.eventWrites ? `${step.eventWrites.slowerThanMs[10] ?? '–'} / ${step.eventWrites.slowerThanMs[50] ?? '–'} (${step.eventWrites.count})` : '–',
         step.memory.rssPeakMb,
         step.memory.rssSlopeMbPerMinute,
       ]),
     ),
     '',
-    `CPU in % of one core over each window (the machine has ${machine.nproc * 100} %): agent = the node process (all its threads: inference, scoring, MQTT, health); ffmpeg = its children; rest = everything else busy on the machine (mosquitto, this benchmark, other work). "ffmpeg alone" runs the same command lines without the agent.`,
+    `CPU in % of one core over each window (the machine has ${machine.nproc * 100} %): agent = the node process (all its threads: inference, scoring, MQTT, health); ffmpeg = its children; rest = everything else busy on the machine (mosquitto, this benchmark, other work). "ffmpeg alone" runs the same command lines without the agent. Event writes: batches of event messages that took longer than 10 or 50 ms to reach the disk (journal and outbox, each synced) in the window; every message of a batch waited that long before it was published.`,
     '',
   ].join('\n');
 }

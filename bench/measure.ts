@@ -196,3 +196,45 @@ export async function writeReport(out: string, result: unknown, markdown: (jsonN
   await writeFile(markdownFile, markdown(path.basename(out)));
   return markdownFile;
 }
+
+// ---------------------------------------------------------------- event writes (/metrics)
+
+/** linewatch_event_write_seconds: how long batches of event messages took to reach the disk before publishing. */
+export interface EventWrites {
+  count: number;
+  sumS: number;
+  /** Cumulative counts: writes that took at most `leS` seconds. */
+  buckets: { leS: number; count: number }[];
+}
+
+export function parseEventWrites(metricsText: string): EventWrites | undefined {
+  const count = /^linewatch_event_write_seconds_count\s+(\S+)/m.exec(metricsText);
+  const sum = /^linewatch_event_write_seconds_sum\s+(\S+)/m.exec(metricsText);
+  if (!count || !sum) return undefined;
+  const buckets = [...metricsText.matchAll(/^linewatch_event_write_seconds_bucket\{le="([^"]+)"\}\s+(\S+)/gm)]
+    .filter((match) => match[1] !== '+Inf')
+    .map((match) => ({ leS: Number(match[1]), count: Number(match[2]) }));
+  return { count: Number(count[1]), sumS: Number(sum[1]), buckets };
+}
+
+/** Event writes slower than each of these (ms), from the histogram's buckets. */
+export const SLOW_WRITE_MS = [10, 20, 50, 100] as const;
+
+/** Count, mean and slow writes between two readings of the histogram (`since` absent: from the agent's start). */
+export function summariseEventWrites(writes: EventWrites | undefined, since?: EventWrites) {
+  if (writes === undefined) return null;
+  const atMost = (reading: EventWrites | undefined, ms: number) => reading?.buckets.find((bucket) => Math.abs(bucket.leS * 1000 - ms) < 1e-6)?.count;
+  const count = writes.count - (since?.count ?? 0);
+  const sumS = writes.sumS - (since?.sumS ?? 0);
+  return {
+    what: 'batches of event messages written to disk (journal and outbox, each fdatasync-ed) before publishing (linewatch_event_write_seconds)',
+    count,
+    meanMs: count > 0 ? round((sumS / count) * 1000, 2) : null,
+    slowerThanMs: Object.fromEntries(
+      SLOW_WRITE_MS.map((ms) => {
+        const fast = atMost(writes, ms);
+        return [ms, fast === undefined ? null : count - (fast - (atMost(since, ms) ?? 0))];
+      }),
+    ) as Record<(typeof SLOW_WRITE_MS)[number], number | null>,
+  };
+}
