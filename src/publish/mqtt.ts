@@ -54,7 +54,7 @@ export interface MqttPublisherOptions extends MqttConnectionOptions {
   baseTopic?: string;
   /** Default `linewatch-<deviceId>`. */
   clientId?: string;
-  /** The durable outbox lives at `<dataDir>/mqtt-outbox.jsonl`, the open events at `<dataDir>/mqtt-open-events.json`. */
+  /** The durable outbox lives at `<dataDir>/mqtt-outbox.jsonl`, the open events at `<dataDir>/mqtt-open-events.jsonl`. */
   dataDir: string;
   outbox?: { maxEvents?: number; maxBytes?: number; fsync?: boolean };
   /** While dataDir cannot be written (full, read-only), how often to try again. */
@@ -90,7 +90,9 @@ export const MQTT_DEFAULTS = {
 } as const;
 
 export const OUTBOX_FILE_NAME = 'mqtt-outbox.jsonl';
-export const OPEN_EVENTS_FILE_NAME = 'mqtt-open-events.json';
+export const OPEN_EVENTS_FILE_NAME = 'mqtt-open-events.jsonl';
+/** Where versions before the append-only journal kept the open events (read once, then removed). */
+const LEGACY_OPEN_EVENTS_FILE_NAME = 'mqtt-open-events.json';
 
 export interface MqttTopics {
   /** Retained `online` / `offline`; `offline` is the last will. */
@@ -296,7 +298,7 @@ export class MqttPublisher {
     if (this.outbox.skippedLines > 0) {
       this.logger.warn(`MQTT outbox: skipped ${this.outbox.skippedLines} unreadable line(s) in ${this.outboxFile}`);
     }
-    this.journal = new OpenEventJournal(join(options.dataDir, OPEN_EVENTS_FILE_NAME), options.outbox?.fsync ?? true);
+    this.journal = new OpenEventJournal(join(options.dataDir, OPEN_EVENTS_FILE_NAME), options.outbox?.fsync ?? true, join(options.dataDir, LEGACY_OPEN_EVENTS_FILE_NAME));
     if (this.journal.unreadable) {
       this.logger.warn(`MQTT open events: ignoring ${this.journal.file} (${this.journal.unreadable})`);
     }
@@ -598,7 +600,7 @@ export class MqttPublisher {
   }
 
   /**
-   * Writes the queued messages with one journal write and one outbox fdatasync for all of them,
+   * Writes the queued messages with one journal append and one outbox fdatasync for all of them,
    * in the order that keeps every start paired with its end across a crash or power cut: the
    * starts and updates into the journal first, then every message into the outbox, then the
    * ended events out of the journal, each step on disk before the next.
@@ -621,14 +623,13 @@ export class MqttPublisher {
       if (event.type === 'end' && this.journal.has(event.id)) ends.push({ seq: entry.seq, id: event.id });
     }
     this.outbox.sync();
-    this.options.onEventWrite?.((this.clock.monotonic() - began) / 1000);
-    if (ends.length === 0) return;
-    if (this.outbox.durable) {
+    if (ends.length > 0 && this.outbox.durable) {
       for (const { id } of ends) this.journal.forget(id);
       this.persistJournal();
     } else {
       for (const { seq, id } of ends) this.endsNotYetSafe.set(seq, id);
     }
+    this.options.onEventWrite?.((this.clock.monotonic() - began) / 1000);
   }
 
   /**

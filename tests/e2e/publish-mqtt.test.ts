@@ -8,6 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError } from '../../src/errors.js';
 import { AgentMetrics } from '../../src/health/metrics.js';
 import { MqttPublisher, type MqttPublisherOptions, type PublisherLogger } from '../../src/publish/mqtt.js';
+import { OpenEventJournal } from '../../src/publish/open-events.js';
 import type { AnomalyEventPayload, AnomalyEventType, CameraStatusPayload } from '../../src/publish/payloads.js';
 import {
   createTestCertificates,
@@ -378,7 +379,7 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
     await first.connect();
     const start = makeEvent('start');
     first.publishEvent(start);
-    const journal = join(dataDir, 'mqtt-open-events.json');
+    const journal = join(dataDir, 'mqtt-open-events.jsonl');
     expect(existsSync(journal)).toBe(true);
     copyFileSync(journal, `${journal}.saved`);
     const end = makeEvent('end', { id: start.id });
@@ -424,7 +425,7 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
     expect(text).toMatch(/^linewatch_event_write_seconds_bucket\{le="\+Inf"\} 2$/m);
   });
 
-  it.skipIf(!hasStrace)('writes the events of a batchWrites burst with one journal write and one outbox fdatasync, durable and in order', async () => {
+  it.skipIf(!hasStrace)('writes the events of a batchWrites burst with one journal append and one outbox fdatasync, durable and in order', async () => {
     const dataDir = newDataDir();
     const publisher = newPublisher({ url: broker.url, dataDir });
     await publisher.connect();
@@ -435,7 +436,7 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
       ...['cam3', 'cam4', 'cam5', 'cam6', 'cam7', 'cam8'].map((camera) => makeEvent('start', { camera })),
       ...earlier.map((start) => makeEvent('end', { id: start.id, camera: start.camera })),
     ];
-    const journal = join(dataDir, 'mqtt-open-events.json');
+    const journal = join(dataDir, 'mqtt-open-events.jsonl');
 
     const batched = await syncCalls(() =>
       publisher.batchWrites(() => {
@@ -445,16 +446,16 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
       }),
     );
     // Durable when batchWrites returns: the starts in the journal, the ended events out of it.
-    const open = (JSON.parse(readFileSync(journal, 'utf8')) as AnomalyEventPayload[]).map((event) => event.camera).sort();
+    const open = new OpenEventJournal(journal).leftovers.map((event) => event.camera).sort();
     expect(open).toEqual(['cam3', 'cam4', 'cam5', 'cam6', 'cam7', 'cam8']);
-    // Journal with the starts, the outbox, journal without the ended events.
-    expect(batched).toEqual({ fdatasync: 3, rename: 2 });
+    // Journal with the starts, the outbox, journal without the ended events: appended to, no new file, no rename.
+    expect(batched).toEqual({ fdatasync: 3, rename: 0 });
 
     const oneByOne = burst.slice(0, 6).map((start) => makeEvent('end', { id: start.id, camera: start.camera }));
     const unbatched = await syncCalls(() => {
       for (const event of oneByOne) publisher.publishEvent(event);
     });
-    expect(unbatched).toEqual({ fdatasync: 12, rename: 6 });
+    expect(unbatched).toEqual({ fdatasync: 12, rename: 0 });
 
     const all = [...earlier, ...burst, ...oneByOne];
     await recorder.waitForCount(() => true, all.length);
