@@ -35,6 +35,18 @@ function message(id: string, type: 'start' | 'update', frames: number): AnomalyE
   };
 }
 
+/** A journal that saved event `a`, whose folder was then removed: its next write fails until the folder is back. */
+function journalWhoseFolderIsGone(): { dir: string; file: string; journal: OpenEventJournal } {
+  const dir = join(newDir(), 'data');
+  mkdirSync(dir);
+  const file = join(dir, 'open.jsonl');
+  const journal = new OpenEventJournal(file, false);
+  journal.record(message('a', 'start', 1));
+  journal.persist();
+  rmSync(dir, { recursive: true });
+  return { dir, file, journal };
+}
+
 describe('OpenEventJournal', () => {
   it("gives the next run each open event's latest message, in the order they started", () => {
     const file = join(newDir(), 'open.jsonl');
@@ -115,13 +127,7 @@ describe('OpenEventJournal', () => {
   });
 
   it('keeps the changes a failed write could not save, and saves them with the next one', () => {
-    const dir = join(newDir(), 'data');
-    mkdirSync(dir);
-    const file = join(dir, 'open.jsonl');
-    const journal = new OpenEventJournal(file, false);
-    journal.record(message('a', 'start', 1));
-    journal.persist();
-    rmSync(dir, { recursive: true });
+    const { dir, file, journal } = journalWhoseFolderIsGone();
     journal.record(message('b', 'start', 1));
     expect(() => journal.persist()).toThrow(/ENOENT/);
     mkdirSync(dir);
@@ -130,13 +136,7 @@ describe('OpenEventJournal', () => {
   });
 
   it('holds a bounded number of changes while the disk keeps failing, and then writes the open events whole', () => {
-    const dir = join(newDir(), 'data');
-    mkdirSync(dir);
-    const file = join(dir, 'open.jsonl');
-    const journal = new OpenEventJournal(file, false);
-    journal.record(message('a', 'start', 1));
-    journal.persist();
-    rmSync(dir, { recursive: true });
+    const { dir, file, journal } = journalWhoseFolderIsGone();
     for (let i = 0; i < 5000; i++) {
       journal.record(message(`short-${i}`, 'start', 1));
       journal.forget(`short-${i}`);
