@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
@@ -370,6 +370,21 @@ describe.skipIf(!isMosquittoInstalled())('MqttPublisher against mosquitto', () =
     await third.connect();
     await recorder.waitForCount(() => true, 9);
     expect(JSON.parse(recorder.messages[8]!.payload)).toMatchObject({ type: 'end', id: next.id, reason: 'interrupted' });
+  });
+
+  it('ends the events an earlier version left open in its whole-array file, and removes that file', async () => {
+    const dataDir = newDataDir();
+    const open = makeEvent('update', { camera: 'line1', frames: 9 });
+    const legacy = join(dataDir, 'mqtt-open-events.json');
+    writeFileSync(legacy, JSON.stringify([open]) + '\n');
+    const recorder = await record(broker.url, 'linewatch/upgrade/+/events');
+    const publisher = newPublisher({ url: broker.url, deviceId: 'upgrade', dataDir });
+    expect(existsSync(legacy)).toBe(false);
+    await publisher.connect();
+    await recorder.waitForCount(() => true, 1);
+    expect(JSON.parse(recorder.messages[0]!.payload)).toEqual({ ...open, type: 'end', endedAt: open.at, reason: 'interrupted' });
+    // Its end is in the journal now, so a crash from here on does not end it a second time.
+    expect(new OpenEventJournal(join(dataDir, 'mqtt-open-events.jsonl')).leftovers).toEqual([]);
   });
 
   it('does not end an event twice when the crash came between queueing its end and updating the journal', async () => {
