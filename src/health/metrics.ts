@@ -194,12 +194,12 @@ export class AgentMetrics {
     this.#inspections.inc({ camera, outcome });
   }
 
-  /** `counters.dropped` is the publisher's running total (MqttPublisher.metrics()), not a delta. */
   /** One batch of event messages written durably (MqttPublisherOptions.onEventWrite). */
   eventWrite(seconds: number): void {
     this.#eventWriteSeconds.observe(seconds);
   }
 
+  /** `counters.dropped` is the publisher's running total (MqttPublisher.metrics()), not a delta. */
   mqtt(counters: Pick<MqttCounters, 'connected' | 'outboxSize'> & Partial<Pick<MqttCounters, 'dropped' | 'durable'>>): void {
     this.#mqttConnected.set(counters.connected ? 1 : 0);
     this.#mqttOutboxSize.set(counters.outboxSize);
