@@ -1,12 +1,11 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import os from 'node:os';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 
 import { UsageError } from '../../src/errors.js';
-import { CameraSource, type CameraStatusChange, type Frame } from '../../src/source/camera.js';
+import { CameraSource, FFMPEG_NICE, type CameraStatusChange, type Frame } from '../../src/source/camera.js';
 import { buildFrameFilter } from '../../src/source/ffmpeg-args.js';
 import { freeTcpPort } from '../helpers/rtsp.js';
 import { cameraFactory, DEMO_VIDEO, waitForStatus } from '../helpers/camera.js';
@@ -30,6 +29,15 @@ function recordStatuses(source: CameraSource): CameraStatusChange[] {
 function ourFfmpegPids(): number[] {
   const result = spawnSync('pgrep', ['-P', String(process.pid), '-x', 'ffmpeg'], { encoding: 'utf8' });
   return result.stdout.split('\n').filter(Boolean).map(Number);
+}
+
+/** The nice value of each thread of a process (os.getPriority reads the main thread's only). */
+function threadNiceValues(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).map((task) => {
+    const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, 'utf8');
+    // Fields after the parenthesised name start at the third (state); nice is the 19th.
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+  });
 }
 
 function processExists(pid: number): boolean {
@@ -195,8 +203,10 @@ describe.skipIf(!haveVideo || !haveFfmpeg)('CameraSource on a file (real ffmpeg)
     expect(pids).toHaveLength(1);
     expect(processExists(pids[0] ?? 0)).toBe(true);
     expect(ourFfmpegPids()).toContain(pids[0]);
-    // Decoding runs a step below the agent, so that many ffmpeg processes cannot hold its event loop back.
-    expect(os.getPriority(pids[0])).toBe(Math.min(19, os.getPriority() + 5));
+    // Decoding runs at the lowest priority, every thread of it, so that many ffmpeg processes cannot hold the event loop back.
+    const threads = threadNiceValues(pids[0]!);
+    expect(threads.length).toBeGreaterThan(1);
+    expect(new Set(threads)).toEqual(new Set([FFMPEG_NICE]));
     await source.stop();
     expect(processExists(pids[0] ?? 0)).toBe(false);
     expect(ourFfmpegPids()).toEqual([]);
