@@ -3,8 +3,6 @@ import { normaliseInput, standardisedBytes } from '../image/normalise.js';
 import { fromInterleavedBytes, type ImageTensor } from '../image/tensor.js';
 import type { LoadedBundle } from '../model/bundle.js';
 import type { ModelOutputs } from '../model/types.js';
-import { OnnxMapBlur } from '../model/onnx.js';
-import { gaussianKernel } from '../scoring/maps.js';
 import type { FrameScore } from '../scoring/frame.js';
 import type { Frame } from '../source/index.js';
 
@@ -183,8 +181,8 @@ export class InferenceScheduler {
         for (const { camera, frame } of group) camera.failed(frame, failure);
         continue;
       }
-      const { recon, mu, map } = outputs;
-      const blurred = await blurredMaps(bundle, map, group.length);
+      // The blurred map comes from the graph (loadBundle asks for it where the scoring takes it); without it the scorer blurs in JS.
+      const { recon, mu, map, blurredMap: blurred } = outputs;
       // Views into the batch's outputs, not copies: the scorer reads them within this round and keeps none of them.
       const imageOf = (values: Float32Array, i: number) => imageRow(values, i, group.length);
       this.handBack(() => group.forEach(({ camera, frame }, i) => {
@@ -209,34 +207,6 @@ export class InferenceScheduler {
         }
       }));
     }
-  }
-}
-
-/** Map blurs by size and sigma (a handful at most: one per model input size and blur setting). */
-const mapBlurs = new Map<string, Promise<OnnxMapBlur | undefined>>();
-
-/**
- * The comparator maps of a batch (`count` packed as the model returned them) turned into blurred probabilities
- * by onnxruntime (OnnxMapBlur), packed the same way, for FrameScorer.score; undefined where the bundle's scoring
- * does not take them, or the blur cannot run, and the scorer then computes them in JS as before.
- */
-async function blurredMaps(bundle: LoadedBundle, maps: Float32Array | undefined, count: number): Promise<Float32Array | undefined> {
-  if (maps === undefined || count === 0) return undefined;
-  const { width, height } = bundle.manifest.input;
-  const sigma = bundle.scorer.settings.blurSigma;
-  if (!bundle.scorer.takesBlurredMap(width, height, imageRow(maps, 0, count))) return undefined;
-  const key = `${width}x${height}@${sigma}`;
-  let blur = mapBlurs.get(key);
-  if (blur === undefined) {
-    blur = OnnxMapBlur.create(width, height, gaussianKernel(sigma, Math.ceil(3 * sigma))).catch(() => undefined);
-    mapBlurs.set(key, blur);
-  }
-  const ready = await blur;
-  if (ready === undefined) return undefined;
-  try {
-    return await ready.run(maps, count);
-  } catch {
-    return undefined;
   }
 }
 

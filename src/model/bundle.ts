@@ -6,10 +6,11 @@ import { ModelError, UsageError } from '../errors.js';
 import { normaliseInput } from '../image/normalise.js';
 import type { ImageTensor } from '../image/tensor.js';
 import { FrameScorer, MIN_COMPONENT_STD, type FrameScore } from '../scoring/frame.js';
+import { gaussianKernel } from '../scoring/maps.js';
 import { sceneReference, type SceneReference } from '../scoring/quality.js';
 import { allFinite } from './infer.js';
 import { MANIFEST_FILE, MODEL_IO, readManifest, VARIANTS, type Calibration, type Manifest, type Variant } from './manifest.js';
-import { OnnxModel } from './onnx.js';
+import { OnnxModel, type MapBlur } from './onnx.js';
 import type { ProviderSettings } from './provider-options.js';
 import type { InferenceModel } from './types.js';
 
@@ -58,6 +59,7 @@ export async function loadBundle(dir: string, options: LoadBundleOptions = {}): 
     providers: options.providers,
     threads: options.threads,
     ...(options.providerOptions !== undefined ? { providerOptions: options.providerOptions } : {}),
+    ...mapBlurOf(manifest),
     log: options.log,
   });
   try {
@@ -101,6 +103,17 @@ export async function loadBundle(dir: string, options: LoadBundleOptions = {}): 
     await model.dispose();
     throw error;
   }
+}
+
+/**
+ * The blur the scorer would run on the comparator map, for onnxruntime to run inside the model's graph
+ * (OnnxModelOptions.mapBlur); none where the scoring takes no blurred comparator map.
+ */
+function mapBlurOf(manifest: Manifest): { mapBlur?: MapBlur } {
+  const { errorMap, blurSigma } = manifest.scoring;
+  if (errorMap !== 'comparator' || !(blurSigma > 0)) return {};
+  const { width, height } = manifest.input;
+  return { mapBlur: { width, height, kernel: gaussianKernel(blurSigma, Math.ceil(3 * blurSigma)) } };
 }
 
 async function readSceneReference(dir: string, manifest: Manifest): Promise<SceneReference | undefined> {
@@ -190,6 +203,7 @@ async function warmUpAndCheckScores(model: OnnxModel, manifest: Manifest, scorer
     [MODEL_IO.recon, outputs.recon],
     [MODEL_IO.mu, outputs.mu],
     [MODEL_IO.map, outputs.map],
+    ['the blurred map', outputs.blurredMap],
   ];
   for (const [name, values] of tensors) {
     if (values === undefined || allFinite(values)) continue;
@@ -198,7 +212,7 @@ async function warmUpAndCheckScores(model: OnnxModel, manifest: Manifest, scorer
       hint: `its weights hold NaN or Infinity (${NON_FINITE_WEIGHTS}): retrain the bundle (\`linewatch train\`), or re-export it from a model that scores`,
     });
   }
-  const result = scorer.score(image, outputs.recon, outputs.mu, undefined, outputs.map);
+  const result = scorer.score(image, outputs.recon, outputs.mu, undefined, outputs.map, outputs.blurredMap);
   if (!Number.isFinite(result.score)) throw nonFiniteScoreError(result, manifest, manifestFile);
   return warmUpMs;
 }

@@ -32,6 +32,19 @@ export interface OnnxModelOptions {
   name?: string;
   /** Per-provider settings (CUDA device, TensorRT switches): see provider-options.ts. */
   providerOptions?: ProviderSettings;
+  /**
+   * Add the comparator map's post-processing to the graph (withMapBlur), so that `run` also returns
+   * `blurredMap`. Ignored for a model without an anomaly map.
+   */
+  mapBlur?: MapBlur;
+}
+
+/** The comparator map's post-processing: sigmoid, then a separable blur with replicated edges. */
+export interface MapBlur {
+  readonly width: number;
+  readonly height: number;
+  /** The normalised 1-D kernel (odd length), e.g. gaussianKernel(sigma, ceil(3 sigma)). */
+  readonly kernel: Float64Array;
 }
 
 export interface InputShape {
@@ -224,10 +237,14 @@ export class OnnxModel implements InferenceModel {
     this.session = opened.session;
     this.providers = Object.freeze([...opened.providers]);
     this.hasMap = opened.session.outputNames.includes(MODEL_IO.map);
+    this.hasBlurredMap = opened.session.outputNames.includes(BLURRED_MAP);
   }
 
   /** Whether the model has a learned comparator, whose anomaly map `run` then returns. */
   readonly hasMap: boolean;
+
+  /** Whether the graph also turns that map into blurred probabilities (OnnxModelOptions.mapBlur), which `run` then returns. */
+  readonly hasBlurredMap: boolean;
 
   /** Execution providers the session was created with, in priority order (onnxruntime may still place single nodes on the CPU). */
   readonly providers: readonly string[];
@@ -238,7 +255,7 @@ export class OnnxModel implements InferenceModel {
 
   static async fromBytes(bytes: Uint8Array, options: OnnxModelOptions = {}): Promise<OnnxModel> {
     const label = options.name ?? '<in-memory model>';
-    const opened = await openSession(bytes, label, options);
+    const opened = await openSession(options.mapBlur === undefined ? bytes : withMapBlur(bytes, options.mapBlur), label, options);
     try {
       const { inputShape, latentDim } = checkInterface(opened.session, label);
       return new OnnxModel(opened, inputShape, latentDim, label);
@@ -257,9 +274,14 @@ export class OnnxModel implements InferenceModel {
     checkBatch(input, count, this.inputShape);
     const { channels, height, width } = this.inputShape;
     const feeds = { [MODEL_IO.input]: new ort.Tensor('float32', input, [count, channels, height, width]) };
-    const result = await this.live.run(feeds, this.hasMap ? [MODEL_IO.recon, MODEL_IO.mu, MODEL_IO.map] : [MODEL_IO.recon, MODEL_IO.mu]);
-    const outputs = { recon: floatOutput(result, MODEL_IO.recon), mu: floatOutput(result, MODEL_IO.mu) };
-    return this.hasMap ? { ...outputs, map: floatOutput(result, MODEL_IO.map) } : outputs;
+    const fetches: string[] = [MODEL_IO.recon, MODEL_IO.mu];
+    if (this.hasMap) fetches.push(MODEL_IO.map);
+    if (this.hasBlurredMap) fetches.push(BLURRED_MAP);
+    const result = await this.live.run(feeds, fetches);
+    const outputs: { -readonly [K in keyof ModelOutputs]: ModelOutputs[K] } = { recon: floatOutput(result, MODEL_IO.recon), mu: floatOutput(result, MODEL_IO.mu) };
+    if (this.hasMap) outputs.map = floatOutput(result, MODEL_IO.map);
+    if (this.hasBlurredMap) outputs.blurredMap = floatOutput(result, BLURRED_MAP);
+    return outputs;
   }
 
   /** One run on a black image so the first real frame does not pay for lazy allocations; returns its duration in ms. */
@@ -277,77 +299,51 @@ export class OnnxModel implements InferenceModel {
   }
 }
 
+/** The graph output withMapBlur adds. */
+const BLURRED_MAP = 'linewatch_blurred_map';
+
 /**
- * The comparator map's post-processing run by onnxruntime: sigmoid, then a separable blur with replicated edges
- * (Pad mode edge + a 1xT and a Tx1 convolution), on `count` maps of height x width logits. What FrameScorer
- * does in JS for error map "comparator" (probabilities, then gaussianBlur), in float32: the same within float32
- * rounding, at a fraction of the CPU (tests/unit/scoring-fast.test.ts).
+ * The model with the comparator map's post-processing appended to its graph: sigmoid, then a separable blur
+ * with replicated edges, as the extra output BLURRED_MAP ([batch, 1, height, width]). What FrameScorer does in
+ * JS for error map "comparator" (probabilities, then gaussianBlur), in float32: the same within float32
+ * rounding, at a fraction of the CPU (tests/unit/scoring-fast.test.ts). In the model's own graph rather than a
+ * session of its own, so a round is one onnxruntime run, and `linewatch eval` scores with the same blurred map as
+ * the agent. A model without an anomaly map, or bytes that are no model, are returned as they are.
  */
-export class OnnxMapBlur {
-  private constructor(
-    private session: ort.InferenceSession | undefined,
-    readonly width: number,
-    readonly height: number,
-  ) {}
-
-  /** `kernel`: the normalised 1-D kernel (odd length), e.g. gaussianKernel(sigma, ceil(3 sigma)). */
-  static async create(width: number, height: number, kernel: Float64Array, options: { threads?: number } = {}): Promise<OnnxMapBlur> {
-    if (kernel.length % 2 !== 1) throw new RangeError(`the blur kernel needs an odd number of taps, got ${kernel.length}`);
-    const floatTensor = (name: string, dims: number[], values: ArrayLike<number>) => {
-      const bytes = new Uint8Array(values.length * 4);
-      const view = new DataView(bytes.buffer);
-      for (let i = 0; i < values.length; i++) view.setFloat32(i * 4, values[i]!, true);
-      return { name, dims, dataType: onnx.TensorProto.DataType.FLOAT, rawData: bytes };
-    };
-    const valueInfo = (name: string, dims: Array<number | string>) => ({
-      name,
-      type: { tensorType: { elemType: onnx.TensorProto.DataType.FLOAT, shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) } } },
-    });
-    // Each pass as a matrix product, the replicated edge folded in: blurred = V . P . H, where H[x'][x] (and V[y][y'])
-    // sums the weights of the taps of output x that land on input x' once clamped into the image.
-    const horizontal = blurMatrix(width, kernel, false);
-    const vertical = blurMatrix(height, kernel, true);
-    const model = onnx.ModelProto.create({
-      irVersion: 7,
-      opsetImport: [{ domain: '', version: 13 }],
-      producerName: 'linewatch',
-      graph: {
-        name: 'linewatch_map_blur',
-        node: [
-          { opType: 'Sigmoid', name: 'probabilities', input: ['logits'], output: ['probabilities'] },
-          { opType: 'MatMul', name: 'rows', input: ['probabilities', 'horizontal'], output: ['rows'] },
-          { opType: 'MatMul', name: 'columns', input: ['vertical', 'rows'], output: ['blurred'] },
-        ],
-        initializer: [floatTensor('horizontal', [width, width], horizontal), floatTensor('vertical', [height, height], vertical)],
-        input: [valueInfo('logits', ['batch', 1, height, width])],
-        output: [valueInfo('blurred', ['batch', 1, height, width])],
-      },
-    });
-    const session = await ort.InferenceSession.create(onnx.ModelProto.encode(model).finish(), {
-      executionProviders: ['cpu'],
-      graphOptimizationLevel: 'all',
-      executionMode: 'sequential',
-      logSeverityLevel: 3,
-      intraOpNumThreads: options.threads ?? 1,
-    });
-    return new OnnxMapBlur(session, width, height);
+export function withMapBlur(modelBytes: Uint8Array, blur: MapBlur): Uint8Array {
+  const { width, height, kernel } = blur;
+  if (kernel.length % 2 !== 1) throw new RangeError(`the blur kernel needs an odd number of taps, got ${kernel.length}`);
+  let model: ReturnType<typeof onnx.ModelProto.decode>;
+  try {
+    model = onnx.ModelProto.decode(modelBytes);
+  } catch {
+    return modelBytes; // not a model: opening the session says what it is instead (diagnoseUnreadable)
   }
-
-  /** Blurred probabilities of `count` maps packed one after another; a fresh array. */
-  async run(logits: Float32Array, count: number): Promise<Float32Array> {
-    if (!this.session) throw new Error('the map blur was disposed');
-    if (logits.length !== count * this.width * this.height) {
-      throw new RangeError(`got ${logits.length} logits, expected ${count} map(s) of ${this.width}x${this.height}`);
-    }
-    const result = await this.session.run({ logits: new ort.Tensor('float32', logits, [count, 1, this.height, this.width]) });
-    return floatOutput(result, 'blurred');
-  }
-
-  async dispose(): Promise<void> {
-    const session = this.session;
-    this.session = undefined;
-    await session?.release();
-  }
+  const graph = model.graph;
+  if (!graph?.output?.some((output) => output.name === MODEL_IO.map)) return modelBytes;
+  const floatTensor = (name: string, dims: number[], values: ArrayLike<number>) => {
+    const bytes = new Uint8Array(values.length * 4);
+    const view = new DataView(bytes.buffer);
+    for (let i = 0; i < values.length; i++) view.setFloat32(i * 4, values[i]!, true);
+    return onnx.TensorProto.create({ name, dims, dataType: onnx.TensorProto.DataType.FLOAT, rawData: bytes });
+  };
+  const blurName = (part: string) => `linewatch_blur/${part}`;
+  // Each pass as a matrix product, the replicated edge folded in: blurred = V . P . H, where H[x'][x] (and V[y][y'])
+  // sums the weights of the taps of output x that land on input x' once clamped into the image.
+  graph.initializer = [
+    ...(graph.initializer ?? []),
+    floatTensor(blurName('horizontal'), [width, width], blurMatrix(width, kernel, false)),
+    floatTensor(blurName('vertical'), [height, height], blurMatrix(height, kernel, true)),
+  ];
+  graph.node = [
+    ...(graph.node ?? []),
+    onnx.NodeProto.create({ opType: 'Sigmoid', name: blurName('probabilities'), input: [MODEL_IO.map], output: [blurName('probabilities')] }),
+    onnx.NodeProto.create({ opType: 'MatMul', name: blurName('rows'), input: [blurName('probabilities'), blurName('horizontal')], output: [blurName('rows')] }),
+    onnx.NodeProto.create({ opType: 'MatMul', name: blurName('columns'), input: [blurName('vertical'), blurName('rows')], output: [BLURRED_MAP] }),
+  ];
+  const dims = [{ dimParam: 'batch' }, { dimValue: 1 }, { dimValue: height }, { dimValue: width }];
+  graph.output.push(onnx.ValueInfoProto.create({ name: BLURRED_MAP, type: { tensorType: { elemType: onnx.TensorProto.DataType.FLOAT, shape: { dim: dims } } } }));
+  return onnx.ModelProto.encode(model).finish();
 }
 
 /**

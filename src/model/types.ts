@@ -9,6 +9,8 @@ export interface ModelOutputs {
   readonly mu: Float32Array;
   /** The comparator's anomaly map (logits), `count` x height x width; absent for models without a comparator. */
   readonly map?: Float32Array;
+  /** That map as blurred probabilities (OnnxModelOptions.mapBlur), packed the same way; absent unless asked for. */
+  readonly blurredMap?: Float32Array;
 }
 
 export interface InferenceModel {

@@ -72,6 +72,18 @@ describe('OnnxModel input checks and lifecycle', () => {
     await model.dispose(); // a second dispose is harmless
   });
 
+  it('asked for the map blur, leaves a model without a comparator as it is', async () => {
+    const model = await OnnxModel.fromBytes(buildVaeGraph(SPEC), { threads: 1, mapBlur: { width: 64, height: 64, kernel: Float64Array.of(0.25, 0.5, 0.25) } });
+    try {
+      expect(model.hasMap).toBe(false);
+      expect(model.hasBlurredMap).toBe(false);
+      const outputs = await model.run(noiseImages(1, 3), 1);
+      expect(Object.keys(outputs).sort()).toEqual(['mu', 'recon']);
+    } finally {
+      await model.dispose();
+    }
+  });
+
   it('loads from a file with a thread count', async () => {
     const file = path.join(dir, 'model.onnx');
     await writeFile(file, buildVaeGraph(SPEC));

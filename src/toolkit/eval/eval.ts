@@ -143,8 +143,9 @@ export async function evaluate(
       ready.forEach(({ entry, image, mask }, i) => {
         const recon = outputs.recon.subarray(i * plane, (i + 1) * plane);
         const mu = outputs.mu.subarray(i * latentDim, (i + 1) * latentDim);
-        const map = outputs.map?.subarray(i * image.width * image.height, (i + 1) * image.width * image.height);
-        const frame = bundle.scorer.score(image, recon, mu, undefined, map);
+        const mapOf = (values: Float32Array | undefined) => values?.subarray(i * image.width * image.height, (i + 1) * image.width * image.height);
+        // The blurred map as the agent scores it (its scheduler takes the same output).
+        const frame = bundle.scorer.score(image, recon, mu, undefined, mapOf(outputs.map), mapOf(outputs.blurredMap));
         images.push({ path: entry.path, label: entry.label, ...frame, mask });
       });
       inferenceMs += scoredAt - ranAt;
