@@ -645,8 +645,8 @@ function errorText(error: unknown): string {
  * The nice value of every ffmpeg process: the lowest priority there is. Many ffmpeg processes share
  * the cores with one event loop, and the scheduler weighs each process on its own: at nice +5 (weight
  * 335 against the agent's 1024) 48 of them outweighed the agent many times over, and a burst of
- * decoding held its rounds back (48 cameras on 2 cores, alternate runs: capture -> event p99 124-296 ms
- * at +5, 19-54 ms at 19, with nothing dropped either way; 134 ms at the agent's own priority). At 19
+ * decoding held its rounds back (48 cameras on 2 cores, capture -> event p99: 124 and 296 ms at +5, 19-100 ms
+ * with a median of 39 in six runs at 19, nothing dropped either way; 134 ms at the agent's own priority). At 19
  * (weight 15) decoding still gets every idle cycle and takes the whole CPU only when the agent does not
  * want it. Frames ffmpeg then cannot decode in time show as dropped frames and a late capture, not as a
  * late event. The main thread's value is inherited by the threads ffmpeg starts after it.
