@@ -1,0 +1,213 @@
+/**
+ * What one frame's work costs on this machine when it comes alone, as the agent meets it. Work run
+ * back to back finds what it needs still warm (caches, predictors: not told apart here); in the agent,
+ * frames of many cameras come one by one, every 12.5 ms at 16 cameras x 5 fps. This times the
+ * same work (the bundle's onnxruntime run, the scorer, and the camera-fault meter, on a frame of the
+ * demo video) back to back (the baseline), once every --gap-ms with the core asleep in between
+ * (setTimeout), and once every --gap-ms with the core spinning in between (so not idle states
+ * either). CPU time is process.cpuUsage() (user + system) around each piece of work, so the gaps do
+ * not count. Conditions alternate in rounds so that load from other processes hits all alike.
+ *
+ * The agent's CPU per analysed frame (bench:capacity, bench:agent) is paid at the spaced rate; the
+ * ratio says how much of it this machine charges for work that comes alone, which batches of frames
+ * would not pay (and another machine may not).
+ *
+ *   node dist-bench/bench/burst-cost.js [--gap-ms 12.5] [--frames 300] [--rounds 4]
+ *     [--model models/demo] [--variant int8] [--video assets/demo/bottle-detection.mp4] [--out docs/benchmarks/burst-cost.json]
+ */
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { tensorOf } from '../src/agent/scheduler.js';
+import { formatError, UsageError } from '../src/errors.js';
+import { loadBundle, type LoadedBundle } from '../src/model/bundle.js';
+import { QualityMeter } from '../src/scoring/quality.js';
+import type { Frame } from '../src/source/index.js';
+import { markdownTable, round, sleep, writeReport } from './measure.js';
+import { modelAndVideo, positiveNumber } from './options.js';
+
+interface Settings {
+  gapMs: number;
+  frames: number;
+  rounds: number;
+  model: string;
+  variant: 'int8' | 'fp32';
+  video: string;
+  out: string;
+}
+
+function parseSettings(argv: string[]): Settings {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      'gap-ms': { type: 'string', default: '12.5' },
+      frames: { type: 'string', default: '300' },
+      rounds: { type: 'string', default: '4' },
+      model: { type: 'string', default: 'models/demo' },
+      variant: { type: 'string', default: 'int8' },
+      video: { type: 'string', default: 'assets/demo/bottle-detection.mp4' },
+      out: { type: 'string', default: 'docs/benchmarks/burst-cost.json' },
+    },
+  });
+  return {
+    gapMs: positiveNumber('--gap-ms', values['gap-ms']!),
+    frames: Math.round(positiveNumber('--frames', values.frames!)),
+    rounds: Math.round(positiveNumber('--rounds', values.rounds!)),
+    ...modelAndVideo(values),
+    out: values.out!,
+  };
+}
+
+/** Frames of the video as the agent gets them from ffmpeg: the model's size, grey, 5 fps. */
+function videoFrames(video: string, bundle: LoadedBundle): Uint8Array[] {
+  const { width, height, channels } = bundle.manifest.input;
+  if (channels !== 1) throw new UsageError(`the model takes ${channels}-channel frames; this benchmark feeds grey ones`, { hint: 'use a grey model such as models/demo' });
+  const raw = execFileSync('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-i', video, '-vf', `fps=5,scale=${width}:${height},format=gray`, '-f', 'rawvideo', 'pipe:1'], {
+    maxBuffer: 1 << 28,
+  });
+  const size = width * height;
+  const frames: Uint8Array[] = [];
+  for (let offset = 0; offset + size <= raw.length; offset += size) frames.push(new Uint8Array(raw.buffer, raw.byteOffset + offset, size));
+  if (frames.length === 0) throw new UsageError(`ffmpeg gave no frames of ${video}`, { hint: 'check the --video file' });
+  return frames;
+}
+
+const WORKS = ['inference', 'scoring', 'both'] as const;
+type Work = (typeof WORKS)[number];
+const CONDITIONS = ['back to back', 'spaced, asleep between', 'spaced, spinning between'] as const;
+type Condition = (typeof CONDITIONS)[number];
+
+async function main(): Promise<void> {
+  const settings = parseSettings(process.argv.slice(2));
+  const bundle = await loadBundle(settings.model, { variant: settings.variant, threads: 1 });
+  try {
+    const frames = videoFrames(settings.video, bundle);
+    const { width, height } = bundle.manifest.input;
+    const meter = new QualityMeter(width, height, 1, bundle.sceneReference);
+    const images = frames.map((data) => tensorOf(bundle, { data } as Frame));
+    const outputs = await Promise.all(images.map((image) => bundle.model.run(image.data.slice(), 1)));
+    // One piece of work: the model on frame i, or the agent's per-frame JS on the model's outputs for it.
+    const work: Record<Work, (i: number) => Promise<void> | void> = {
+      inference: async (i) => {
+        await bundle.model.run(images[i % images.length]!.data, 1);
+      },
+      scoring: (i) => {
+        const k = i % images.length;
+        const out = outputs[k]!;
+        bundle.scorer.score(images[k]!, out.recon, out.mu, undefined, out.map, out.blurredMap);
+        meter.measure(frames[k]!);
+      },
+      both: async (i) => {
+        const k = i % images.length;
+        const out = await bundle.model.run(images[k]!.data, 1);
+        bundle.scorer.score(images[k]!, out.recon, out.mu, undefined, out.map, out.blurredMap);
+        meter.measure(frames[k]!);
+      },
+    };
+    const spin = (ms: number) => {
+      const until = performance.now() + ms;
+      while (performance.now() < until);
+    };
+    const pause: Record<Condition, () => Promise<void> | void> = {
+      'back to back': () => {},
+      'spaced, asleep between': () => sleep(settings.gapMs),
+      'spaced, spinning between': () => spin(settings.gapMs),
+    };
+    for (const kind of WORKS) for (let i = 0; i < 200; i++) await work[kind](i);
+
+    const cpuMs: Record<string, number[]> = {};
+    for (let r = 0; r < settings.rounds; r++) {
+      for (const kind of WORKS) {
+        for (const condition of CONDITIONS) {
+          let micros = 0;
+          for (let i = 0; i < settings.frames; i++) {
+            await pause[condition]();
+            const before = process.cpuUsage();
+            await work[kind](i);
+            const used = process.cpuUsage(before);
+            micros += used.user + used.system;
+          }
+          (cpuMs[`${kind}|${condition}`] ??= []).push(micros / 1000 / settings.frames);
+        }
+      }
+      console.log(`round ${r + 1} of ${settings.rounds} done`);
+    }
+    const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
+    const rows = WORKS.map((kind) => {
+      const of = (condition: Condition) => mean(cpuMs[`${kind}|${condition}`]!);
+      const base = of('back to back');
+      return {
+        work: kind,
+        backToBackMs: round(base, 3),
+        spacedAsleepMs: round(of('spaced, asleep between'), 3),
+        spacedSpinningMs: round(of('spaced, spinning between'), 3),
+        spacedAsleepRatio: round(of('spaced, asleep between') / base, 2),
+        spacedSpinningRatio: round(of('spaced, spinning between') / base, 2),
+        perRoundMs: Object.fromEntries(CONDITIONS.map((condition) => [condition, cpuMs[`${kind}|${condition}`]!.map((v) => round(v, 3))])),
+      };
+    });
+    const result = {
+      benchmark: 'burst-cost',
+      measuredAt: new Date().toISOString(),
+      command: `node dist-bench/bench/burst-cost.js ${process.argv.slice(2).join(' ')}`.trim(),
+      machine: { nproc: os.availableParallelism(), cpuModel: os.cpus()[0]?.model ?? 'unknown', kernel: os.release(), node: process.version, loadAverageAtStart: os.loadavg().map((v) => round(v, 2)) },
+      setup: { ...settings, videoFrames: frames.length, modelInput: `${width}x${height}`, onnxThreads: 1 },
+      results: rows,
+    };
+    console.log(
+      markdownTable(
+        ['work', 'back to back ms', `every ${settings.gapMs} ms, asleep between`, `every ${settings.gapMs} ms, spinning between`],
+        rows.map((row) => [row.work, row.backToBackMs, `${row.spacedAsleepMs} (${row.spacedAsleepRatio}x)`, `${row.spacedSpinningMs} (${row.spacedSpinningRatio}x)`]),
+      ),
+    );
+    const markdownFile = await writeReport(settings.out, result, (jsonName) => markdown(result, rows, jsonName, settings));
+    console.log(`wrote ${path.relative(process.cwd(), settings.out)} and ${path.relative(process.cwd(), markdownFile)}`);
+  } finally {
+    await bundle.dispose();
+  }
+}
+
+type Figure = number | null;
+
+interface Report {
+  measuredAt: string;
+  command: string;
+  machine: { nproc: number; cpuModel: string; kernel: string; node: string; loadAverageAtStart: Figure[] };
+}
+
+interface Row {
+  work: Work;
+  backToBackMs: Figure;
+  spacedAsleepMs: Figure;
+  spacedSpinningMs: Figure;
+  spacedAsleepRatio: Figure;
+  spacedSpinningRatio: Figure;
+}
+
+function markdown(result: Report, rows: Row[], jsonName: string, settings: Settings): string {
+  const { machine } = result;
+  return [
+    "# One frame's work, back to back and alone",
+    '',
+    `Measured ${result.measuredAt} with \`${result.command}\` (all figures, per round: [${jsonName}](${jsonName})).`,
+    '',
+    `- Machine: ${machine.nproc} cores, ${machine.cpuModel}, Linux ${machine.kernel}; Node ${machine.node}. Load average at the start: ${machine.loadAverageAtStart.join(', ')}.`,
+    `- Work, on frames of ${path.relative(process.cwd(), settings.video)} at the model's size (grey, 5 fps), model ${path.relative(process.cwd(), settings.model)} (${settings.variant}, one onnxruntime thread): **inference** = one onnxruntime run (the graph includes the map's blur); **scoring** = the agent's per-frame JS on its outputs (FrameScorer.score and the camera-fault meter); **both** = one after the other, as a round of one frame in the agent.`,
+    `- Conditions, alternating in ${settings.rounds} rounds of ${settings.frames} frames each: back to back; one every ${settings.gapMs} ms (16 cameras at 5 fps) with the thread asleep in between (a timer); the same with the thread spinning in between, so the core never idles.`,
+    '- CPU ms per frame: process.cpuUsage() around each piece of work only.',
+    '',
+    markdownTable(
+      ['work', 'back to back', `one every ${settings.gapMs} ms, asleep between`, `one every ${settings.gapMs} ms, spinning between`],
+      rows.map((row) => [row.work, `${row.backToBackMs} ms`, `${row.spacedAsleepMs} ms (${row.spacedAsleepRatio}x)`, `${row.spacedSpinningMs} ms (${row.spacedSpinningRatio}x)`]),
+    ),
+    '',
+    "The agent's CPU per analysed frame ([capacity.md](capacity.md), [agent-load.md](agent-load.md)) is paid at the spaced rate, plus the reading of frames, events and publishing. The same work in batches (several frames per round) costs nearer the back-to-back figure; whether another machine charges as much for work that comes alone, this benchmark run there says.",
+    '',
+  ].join('\n');
+}
+
+main().catch((error: unknown) => {
+  console.error(`burst-cost: ${formatError(error)}`);
+  process.exit(error instanceof UsageError ? 2 : 1);
+});
