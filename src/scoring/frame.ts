@@ -126,7 +126,7 @@ export class FrameScorer {
   /**
    * `recon` is this image's reconstruction (CHW, same size as `input`), `mu` its latent
    * mean (first `latentDim` values are used). `ignoreMask` (1 = ignore) is at model resolution.
-   * `blurredMap`: the comparator map already turned into probabilities and blurred (OnnxMapBlur), used
+   * `blurredMap`: the comparator map already turned into probabilities and blurred (the model graph's, withMapBlur), used
    * instead of computing both here when takesBlurredMap() says it may be.
    */
   score(input: ImageTensor, recon: Float32Array, mu: Float32Array, ignoreMask?: Uint8Array, learnedMap?: Float32Array, blurredMap?: Float32Array): FrameScore {
@@ -144,7 +144,7 @@ export class FrameScorer {
 
   /**
    * Whether a map blurred elsewhere may stand in for errorMap + gaussianBlur: only for the comparator map (whose
-   * post-processing, sigmoid then blur, OnnxMapBlur computes with the same kernel), and only at the image's size.
+   * post-processing, sigmoid then blur, withMapBlur adds to the graph with the same kernel), and only at the image's size.
    */
   takesBlurredMap(width: number, height: number, blurredMap: Float32Array): boolean {
     return this.settings.errorMap === 'comparator' && this.settings.blurSigma > 0 && blurredMap.length === width * height;
