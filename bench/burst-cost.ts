@@ -23,6 +23,7 @@ import { tensorOf } from '../src/agent/scheduler.js';
 import { formatError, UsageError } from '../src/errors.js';
 import { loadBundle, type LoadedBundle } from '../src/model/bundle.js';
 import { QualityMeter } from '../src/scoring/quality.js';
+import { buildFrameFilter } from '../src/source/ffmpeg-args.js';
 import type { Frame } from '../src/source/index.js';
 import { markdownTable, round, sleep, writeReport } from './measure.js';
 import { modelAndVideo, positiveNumber } from './options.js';
@@ -63,7 +64,9 @@ function parseSettings(argv: string[]): Settings {
 function videoFrames(video: string, bundle: LoadedBundle): Uint8Array[] {
   const { width, height, channels } = bundle.manifest.input;
   if (channels !== 1) throw new UsageError(`the model takes ${channels}-channel frames; this benchmark feeds grey ones`, { hint: 'use a grey model such as models/demo' });
-  const raw = execFileSync('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-i', video, '-vf', `fps=5,scale=${width}:${height},format=gray`, '-f', 'rawvideo', 'pipe:1'], {
+  // The agent's own filter graph (rate cap, scaling, pixel format), so the frames are the ones it scores.
+  const filter = buildFrameFilter({ width, height, pixelFormat: 'gray', fps: 5 });
+  const raw = execFileSync('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-i', video, '-vf', filter, '-fps_mode', 'passthrough', '-f', 'rawvideo', 'pipe:1'], {
     maxBuffer: 1 << 28,
   });
   const size = width * height;
