@@ -8,12 +8,15 @@
  *
  *   node dist-bench/bench/agent-load.js [--cameras 4] [--fps 10] [--duration-s 600] [--baseline-s 20]
  *     [--out docs/benchmarks/agent-load.json] [--model models/demo] [--video assets/demo/bottle-detection.mp4]
- *     [--variant int8] [--cpu-prof <dir>] [--no-delay]
+ *     [--variant int8] [--cpu-prof <dir>] [--no-delay] [--agent-env KEY=VALUE ...]
  *
  * --no-delay: mosquitto with `set_tcp_nodelay true` and TCP_NODELAY on the subscriber. The stock
  * broker keeps Nagle's algorithm on its sockets, which holds a small message back until the
  * previous one is acknowledged: tens of ms at the tail that are the broker's, not the agent's
  * (the agent sets TCP_NODELAY on its own connection).
+ *
+ * --agent-env: a setting over the shipped unit's environment, for diagnosis (e.g. MALLOC_ARENA_MAX=1);
+ * repeatable, and recorded in the JSON.
  *
  * Writes the JSON to --out and a markdown summary next to it (same name, .md).
  */
@@ -45,6 +48,8 @@ interface BenchSettings {
   variant: 'int8' | 'fp32';
   cpuProfDir: string | undefined;
   noDelay: boolean;
+  /** KEY=VALUE settings over the unit's environment, for diagnosis runs (an allocator setting, say). */
+  agentEnv: Record<string, string>;
 }
 
 const DEVICE_ID = 'bench';
@@ -67,6 +72,7 @@ function parseSettings(argv: string[]): BenchSettings {
       variant: { type: 'string', default: 'int8' },
       'cpu-prof': { type: 'string' },
       'no-delay': { type: 'boolean', default: false },
+      'agent-env': { type: 'string', multiple: true, default: [] },
     },
     strict: true,
   });
@@ -92,6 +98,13 @@ function parseSettings(argv: string[]): BenchSettings {
     variant,
     cpuProfDir: values['cpu-prof'] === undefined ? undefined : path.resolve(values['cpu-prof']),
     noDelay: values['no-delay']!,
+    agentEnv: Object.fromEntries(
+      values['agent-env']!.map((setting) => {
+        const match = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(setting);
+        if (!match) throw new UsageError(`--agent-env takes KEY=VALUE, got '${setting}'`, { hint: 'e.g. --agent-env MALLOC_ARENA_MAX=1' });
+        return [match[1]!, match[2]!];
+      }),
+    ),
   };
 }
 
@@ -124,15 +137,26 @@ function parseFrameCounters(metricsText: string): Record<string, AgentFrames> {
 }
 
 /** The V8 heap and external (Buffer, native) memory from prom-client's process metrics: where RSS growth lives. */
-function parseHeap(metricsText: string): { heapUsedMb: number; externalMb: number } | undefined {
+function parseHeap(metricsText: string): AgentHeap | undefined {
   const value = (name: string) => Number(new RegExp(`^${name}\\s+(\\S+)`, 'm').exec(metricsText)?.[1] ?? NaN) / 2 ** 20;
-  const heap = { heapUsedMb: value('nodejs_heap_size_used_bytes'), externalMb: value('nodejs_external_memory_bytes') };
+  const heap = {
+    heapUsedMb: value('nodejs_heap_size_used_bytes'),
+    // What V8 has committed for its heap (the pages RSS sees), used or not.
+    heapTotalMb: value('nodejs_heap_size_total_bytes'),
+    externalMb: value('nodejs_external_memory_bytes'),
+  };
   return Number.isFinite(heap.heapUsedMb) ? heap : undefined;
+}
+
+interface AgentHeap {
+  heapUsedMb: number;
+  heapTotalMb: number;
+  externalMb: number;
 }
 
 interface AgentMetricsSample {
   frames: Record<string, AgentFrames>;
-  heap: { heapUsedMb: number; externalMb: number } | undefined;
+  heap: AgentHeap | undefined;
   eventWrites: EventWrites | undefined;
 }
 
@@ -222,6 +246,7 @@ interface Sample {
   machineTotalS: number;
   frames: Record<string, AgentFrames> | undefined;
   heapUsedMb: number | undefined;
+  heapTotalMb: number | undefined;
   externalMb: number | undefined;
   eventWrites: EventWrites | undefined;
 }
@@ -328,7 +353,7 @@ async function run(settings: BenchSettings) {
     if (settings.cpuProfDir) await mkdir(settings.cpuProfDir, { recursive: true });
     const launchedAt = Date.now();
     const logFile = path.join(workDir, 'agent.log');
-    const launched = spawnAgent(configFile, logFile, nodeFlags);
+    const launched = spawnAgent(configFile, logFile, nodeFlags, settings.agentEnv);
     cleanups.unshift(() => launched.kill());
     const agent = launched.process;
     const agentExit = launched.exited;
@@ -373,6 +398,7 @@ async function run(settings: BenchSettings) {
         machineTotalS: machineCpu.totalS,
         frames: metrics?.frames,
         heapUsedMb: metrics?.heap?.heapUsedMb,
+        heapTotalMb: metrics?.heap?.heapTotalMb,
         externalMb: metrics?.heap?.externalMb,
         eventWrites: metrics?.eventWrites,
       };
@@ -504,6 +530,7 @@ function summarise(input: SummaryInput) {
       warmUpS: settings.warmUpS,
       startUpS: round(input.startUpS),
       cpuProfile: settings.cpuProfDir ?? null,
+      agentEnvironment: settings.agentEnv,
       brokerTcpNoDelay: settings.noDelay,
     },
     frames,
@@ -537,8 +564,10 @@ function summarise(input: SummaryInput) {
       rssSlopeMbPerMinute: round(rssSlope, 2),
       rssSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.rssMb, secondHalfS), 2),
       heapUsedSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.heapUsedMb, secondHalfS), 2),
+      heapTotalSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.heapTotalMb, secondHalfS), 2),
       externalSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.externalMb, secondHalfS), 2),
       heapUsedEndMb: round(last.heapUsedMb),
+      heapTotalEndMb: round(last.heapTotalMb),
       externalEndMb: round(last.externalMb),
       /** The first sample of each minute, so flatness can be seen without the JSON. */
       rssByMinuteMb: samples.filter((s, i) => i === 0 || Math.floor(s.t / 60) > Math.floor(samples[i - 1]!.t / 60)).map((s) => round(s.rssMb)),
@@ -571,6 +600,7 @@ function summarise(input: SummaryInput) {
       t: round(s.t, 2),
       rssMb: round(s.rssMb),
       heapUsedMb: round(s.heapUsedMb),
+      heapTotalMb: round(s.heapTotalMb),
       externalMb: round(s.externalMb),
       agentCpuS: round(s.agentCpuS, 2),
       ffmpegCpuS: round(s.ffmpegCpuS, 2),
@@ -687,7 +717,7 @@ function markdownSummary(summary: Summary, jsonName: string): string {
     `RSS at each minute: ${memory.rssByMinuteMb.map((mb) => `${mb}`).join(', ')} MB.`,
     '',
     `Second half of the run (from ${round(summary.setup.durationS! / 2, 0)} s): RSS slope ${memory.rssSlopeSecondHalfMbPerMinute} MB/min, V8 heap used ${memory.heapUsedSlopeSecondHalfMbPerMinute} MB/min` +
-      ` (${memory.heapUsedEndMb} MB at the end), external memory ${memory.externalSlopeSecondHalfMbPerMinute} MB/min (${memory.externalEndMb} MB at the end).`,
+      ` (${memory.heapUsedEndMb} MB at the end), V8 heap committed ${memory.heapTotalSlopeSecondHalfMbPerMinute} MB/min (${memory.heapTotalEndMb} MB at the end), external memory ${memory.externalSlopeSecondHalfMbPerMinute} MB/min (${memory.externalEndMb} MB at the end).`,
     '',
     '## Event latency',
     '',

@@ -47,12 +47,12 @@ export interface BenchAgent {
   kill(): Promise<void>;
 }
 
-export function spawnAgent(configFile: string, logFile: string, nodeFlags: string[] = []): BenchAgent {
+export function spawnAgent(configFile: string, logFile: string, nodeFlags: string[] = [], environment: Record<string, string> = {}): BenchAgent {
   const logFd = openSync(logFile, 'w');
   // With the shipped unit's environment (MALLOC_ARENA_MAX...): memory is measured as the service runs.
   const child = spawn(process.execPath, [...nodeFlags, path.resolve('bin/linewatch.js'), 'run', '--config', configFile], {
     stdio: ['ignore', logFd, logFd],
-    env: { ...process.env, ...unitEnvironment() },
+    env: { ...process.env, ...unitEnvironment(), ...environment },
   });
   closeSync(logFd);
   let gone = false;
