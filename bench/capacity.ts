@@ -16,10 +16,12 @@
  *   node dist-bench/bench/capacity.js [--steps 4,8,16,24,32,40,48,56,64] [--step-s 60] [--warm-up-s 15]
  *     [--floor-s 15] [--fps 5] [--latency-p99-ms 50] [--all-steps] [--out docs/benchmarks/capacity.json]
  *     [--model models/demo] [--variant int8] [--video assets/demo/bottle-detection.mp4] [--agent bin/linewatch.js]
- *     [--decode-threads N] [--no-snapshots] [--no-delay]
+ *     [--decode-threads N] [--no-snapshots] [--no-delay] [--batch-window-ms MS]
  *
  * --no-delay: mosquitto with `set_tcp_nodelay true` and TCP_NODELAY on the subscriber (see
  * bench/agent-load.ts: the stock broker's Nagle delays are the broker's, not the agent's).
+ *
+ * --batch-window-ms: the agent's `inference.batchWindowMs` (default 0, as shipped).
  *
  * Writes the JSON to --out after every step and a markdown summary next to it (same name, .md).
  */
@@ -57,6 +59,8 @@ interface Settings {
   agent: string;
   /** ffmpeg decoder threads per camera (`decodeThreads`); undefined: the agent's default (slice threads only). */
   decodeThreads: number | undefined;
+  /** The agent's inference.batchWindowMs. */
+  batchWindowMs: number;
   snapshots: boolean;
   /** Extra node flags for the agent, e.g. `--cpu-prof --cpu-prof-dir=DIR` to profile each step, or `--trace-gc`. */
   agentNodeFlags: string[];
@@ -88,6 +92,7 @@ function parseSettings(argv: string[]): Settings {
       video: { type: 'string', default: 'assets/demo/bottle-detection.mp4' },
       agent: { type: 'string', default: 'bin/linewatch.js' },
       'decode-threads': { type: 'string' },
+      'batch-window-ms': { type: 'string', default: '0' },
       'no-snapshots': { type: 'boolean', default: false },
       'agent-node-flags': { type: 'string', default: '' },
       'keep-logs': { type: 'string' },
@@ -117,6 +122,7 @@ function parseSettings(argv: string[]): Settings {
     agent,
     decodeThreads: values['decode-threads'] === undefined ? undefined : positiveNumber('decode-threads', values['decode-threads']),
     snapshots: !values['no-snapshots'],
+    batchWindowMs: nonNegativeNumber('batch-window-ms', values['batch-window-ms']!),
     agentNodeFlags: values['agent-node-flags']!.split(/\s+/).filter((flag) => flag !== ''),
     keepLogs: values['keep-logs'] === undefined ? undefined : path.resolve(values['keep-logs']),
     noDelay: values['no-delay']!,
@@ -234,6 +240,7 @@ function agentConfig(settings: Settings, cameras: number, mqttUrl: string, healt
     log: { level: 'warn' },
     mqtt: { url: mqttUrl },
     health: { enabled: true, host: '127.0.0.1', port: healthPort },
+    inference: { batchWindowMs: settings.batchWindowMs },
     defaults: {
       model: settings.model,
       variant: settings.variant,
@@ -488,6 +495,7 @@ function summary(settings: Settings, machine: ReturnType<typeof machineFacts>, s
     command:
       `node dist-bench/bench/capacity.js --steps ${settings.steps.join(',')} --step-s ${settings.stepS} --warm-up-s ${settings.warmUpS} --floor-s ${settings.floorS} --fps ${settings.fps}` +
       (settings.decodeThreads !== undefined ? ` --decode-threads ${settings.decodeThreads}` : '') +
+      (settings.batchWindowMs > 0 ? ` --batch-window-ms ${settings.batchWindowMs}` : '') +
       (settings.allSteps ? ' --all-steps' : '') +
       (settings.snapshots ? '' : ' --no-snapshots') +
       (settings.noDelay ? ' --no-delay' : '') +
@@ -502,6 +510,7 @@ function summary(settings: Settings, machine: ReturnType<typeof machineFacts>, s
       fps: settings.fps,
       snapshots: settings.snapshots,
       decodeThreads: settings.decodeThreads ?? null,
+      batchWindowMs: settings.batchWindowMs,
       brokerTcpNoDelay: settings.noDelay,
       stepS: settings.stepS,
       warmUpS: settings.warmUpS,
@@ -526,7 +535,7 @@ function markdown(result: Summary, jsonName: string): string {
     `Measured ${result.measuredAt} with \`${result.command}\`${result.complete ? '' : ' (interrupted: partial)'} (all figures: [${jsonName}](${jsonName})).`,
     '',
     `- Machine: ${machine.nproc} cores, ${machine.cpuModel}, ${machine.memoryGb} GiB, Linux ${machine.kernel}; Node ${machine.node}; ${machine.ffmpeg}; ${machine.mosquitto}. Load average at the start: ${machine.loadAverageAtStart.join(', ')}.`,
-    `- Each step: a fresh \`linewatch run\` with N cameras, each ${setup.video} (640x360 H.264, 29.97 fps) as a looped file at native speed (the cameras spread over copies of it rotated to start at each key frame, so that their events do not coincide); analysed at ${setup.fps} fps; model ${setup.model} (${setup.variant}); snapshots ${setup.snapshots ? 'on' : 'off'}, health page on; ffmpeg decoder threads: ${setup.decodeThreads ?? "the agent's default (slice threads only)"}; mosquitto on loopback (${setup.brokerTcpNoDelay ? '`set_tcp_nodelay true`' : 'stock settings: Nagle on its sockets'}), an mqtt.js subscriber on the events${setup.brokerTcpNoDelay ? ' (TCP_NODELAY)' : ''}; the agent sets TCP_NODELAY on its own connection.`,
+    `- Each step: a fresh \`linewatch run\` with N cameras, each ${setup.video} (640x360 H.264, 29.97 fps) as a looped file at native speed (the cameras spread over copies of it rotated to start at each key frame, so that their events do not coincide); analysed at ${setup.fps} fps; model ${setup.model} (${setup.variant}); snapshots ${setup.snapshots ? 'on' : 'off'}, health page on; ffmpeg decoder threads: ${setup.decodeThreads ?? "the agent's default (slice threads only)"}; inference batch window: ${setup.batchWindowMs ? `${setup.batchWindowMs} ms` : 'none (the default)'}; mosquitto on loopback (${setup.brokerTcpNoDelay ? '`set_tcp_nodelay true`' : 'stock settings: Nagle on its sockets'}), an mqtt.js subscriber on the events${setup.brokerTcpNoDelay ? ' (TCP_NODELAY)' : ''}; the agent sets TCP_NODELAY on its own connection.`,
     `- ${setup.warmUpS} s warm-up, then a ${setup.stepS} s window; then the same ffmpeg command lines alone for ${setup.floorS} s (the decoding floor).`,
     `- Sustained: ${setup.sustainedMeans}.`,
     '',

@@ -103,6 +103,7 @@ export class App {
       clock: this.clock,
       onRound: () => this.syncMqttMetrics(),
       handBack: (scored) => (this.publisher ? this.publisher.batchWrites(scored) : scored()),
+      batchWindowMs: this.config.inference.batchWindowMs,
     });
     this.models = new ModelManager({ log: this.log, clock: this.clock, between: (change) => this.scheduler.between(change) });
     this.models.addRoutes(this.api);

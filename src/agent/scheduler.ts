@@ -28,6 +28,11 @@ export interface SchedulerOptions {
    * batchWrites, so the events those frames start or end are written to disk together.
    */
   handBack?: (scored: () => void) => void;
+  /**
+   * How long the first frame after an idle spell waits for frames of other cameras before its
+   * round starts (ms; 0, the default: it does not wait). See InferenceScheduler.
+   */
+  batchWindowMs?: number;
 }
 
 /**
@@ -36,6 +41,13 @@ export interface SchedulerOptions {
  * batch; rounds repeat while frames wait. Frames that arrive meanwhile wait in
  * their camera's bounded queue (the oldest dropped and counted when inference
  * falls behind), so nothing here grows without bound.
+ *
+ * With a batch window, a frame that finds the scheduler idle waits up to that long for
+ * frames of other cameras, so that one inference run scores several of them. Why: an
+ * onnxruntime run costs nearly as much for one image as for a few when it comes alone
+ * (bench:burst-cost), so on a box with many cameras the window trades that much latency
+ * for CPU. Rounds that follow a round start at once (their frames have waited already),
+ * and with one camera there is nothing to wait for.
  */
 export class InferenceScheduler {
   private readonly cameras: ScoringCamera[] = [];
@@ -52,11 +64,15 @@ export class InferenceScheduler {
   private readonly inputBuffers = new WeakMap<LoadedBundle, Float32Array>();
   /** Work that must not overlap a round (a model swap), run before the next round starts. */
   private betweenRounds: (() => void)[] = [];
+  private readonly batchWindowMs: number;
+  /** Ends the batch window in progress at once (stop() does not wait it out). */
+  private endWindow: (() => void) | undefined;
 
   constructor(options: SchedulerOptions = {}) {
     this.clock = options.clock ?? systemClock;
     this.onRound = options.onRound ?? (() => {});
     this.handBack = options.handBack ?? ((scored) => scored());
+    this.batchWindowMs = options.batchWindowMs ?? 0;
   }
 
   add(camera: ScoringCamera): void {
@@ -70,12 +86,26 @@ export class InferenceScheduler {
       this.again = true;
       return;
     }
-    this.running = new Promise<void>((resolve) => setImmediate(resolve))
+    this.running = this.firstRoundDue()
       .then(() => this.drain())
       .finally(() => {
         this.running = undefined;
         this.runBetweenRounds();
       });
+  }
+
+  /** When the round that a frame arriving at an idle scheduler wakes may start: the next turn, or the end of the batch window. */
+  private firstRoundDue(): Promise<void> {
+    if (this.batchWindowMs <= 0 || this.cameras.length < 2) return new Promise<void>((resolve) => setImmediate(resolve));
+    return new Promise<void>((resolve) => {
+      const timer = this.clock.setTimeout(() => end(), this.batchWindowMs);
+      const end = () => {
+        this.clock.clearTimeout(timer);
+        this.endWindow = undefined;
+        resolve();
+      };
+      this.endWindow = end;
+    });
   }
 
   /**
@@ -102,6 +132,7 @@ export class InferenceScheduler {
   /** No new rounds; resolves once the round in progress finished, so no frame is scored after its camera closed its events. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.endWindow?.();
     await this.running;
   }
 

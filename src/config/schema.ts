@@ -488,6 +488,19 @@ export const ConfigFileSchema = z
       .object({ path: z.string().min(1).default('ffmpeg').describe('ffmpeg executable (name on PATH or a path).') })
       .strict()
       .prefault({}),
+    inference: z
+      .object({
+        batchWindowMs: z
+          .number()
+          .min(0)
+          .max(1000)
+          .default(0)
+          .describe(
+            'For boxes with many cameras: how long (ms) a frame that finds inference idle waits for frames of other cameras, so one run scores several. Saves agent CPU at that much added latency (README "Many cameras on one box"). 0: no wait.',
+          ),
+      })
+      .strict()
+      .prefault({}),
     health: z
       .object({
         enabled: z.boolean().default(true).describe('Serve /healthz, /metrics and the status page.'),

@@ -286,6 +286,7 @@ mqtt:
   url: ftp://broker
   passwrod: x
   protocolVersion: 3
+inference: { batchWindowMs: -5 }
 health: { port: 70000 }
 defaults:
   fsp: 12
@@ -316,6 +317,7 @@ cameras:
       'mqtt.url: not a broker URL: use mqtt://host[:port], mqtts://, ws:// or wss://',
       'mqtt.protocolVersion: Invalid input',
       'mqtt.passwrod: unknown key (did you mean password?)',
+      'inference.batchWindowMs: Too small: expected number to be >=0',
       'health.port: Too big: expected number to be <=65535',
       'defaults.debounce.k: must not exceed n (5)',
       'defaults.fsp: unknown key (did you mean fps?)',

@@ -202,4 +202,127 @@ describe('InferenceScheduler', () => {
       vi.useRealTimers();
     }
   });
+  describe('batch window', () => {
+    const countingBundle = (runs: number[]): LoadedBundle => ({
+      ...bundle,
+      model: { ...bundle.model, providers: bundle.model.providers, run: (input, count) => (runs.push(count), bundle.model.run(input, count)), dispose: async () => {} },
+    });
+    /**
+     * Turns of the event loop without moving the (fake) clock: enough for a round to run and hand back its
+     * scores. setImmediate stays real: the fake one does not run an immediate queued by another one.
+     */
+    const turns = async () => {
+      for (let i = 0; i < 20; i++) await new Promise((resolve) => setImmediate(resolve));
+    };
+    /** Cameras named `names` on one model, scored by a scheduler with the given window. */
+    const camerasSharing = (model: LoadedBundle, batchWindowMs: number, names: string[]) => {
+      const cameras = names.map((name) => new TestCamera(name, model));
+      const scheduler = new InferenceScheduler({ batchWindowMs });
+      for (const camera of cameras) scheduler.add(camera);
+      return { cameras, scheduler };
+    };
+    // Fake timers: the window is measured on the clock the scheduler was given, and no test waits it out in real time.
+    const withFakeTimers = async (body: () => Promise<void>) => {
+      vi.useFakeTimers({ toFake: ['performance', 'setTimeout', 'clearTimeout'] });
+      try {
+        await body();
+      } finally {
+        vi.useRealTimers();
+      }
+    };
+
+    it('holds the first frame after an idle spell for the window, and scores the frames of other cameras that came meanwhile in the same run', () =>
+      withFakeTimers(async () => {
+        const runs: number[] = [];
+        const { cameras, scheduler } = camerasSharing(countingBundle(runs), 20, ['a', 'b', 'c']);
+        const [a, b, c] = cameras as [TestCamera, TestCamera, TestCamera];
+        a.queue.push(frame(1));
+        scheduler.wake();
+        await vi.advanceTimersByTimeAsync(8);
+        b.queue.push(frame(1));
+        scheduler.wake();
+        await vi.advanceTimersByTimeAsync(11);
+        expect(runs).toEqual([]); // 19 ms: still inside the window
+        await vi.advanceTimersByTimeAsync(1);
+        await turns();
+        expect(runs).toEqual([2]);
+        expect(a.scores.map((s) => s.seq)).toEqual([1]);
+        expect(b.scores.map((s) => s.seq)).toEqual([1]);
+        // The next idle spell opens a new window; c's frame alone is scored when it ends.
+        c.queue.push(frame(2));
+        scheduler.wake();
+        await vi.advanceTimersByTimeAsync(19);
+        expect(runs).toEqual([2]);
+        await vi.advanceTimersByTimeAsync(1);
+        await turns();
+        expect(runs).toEqual([2, 1]);
+        expect(c.scores.map((s) => s.seq)).toEqual([2]);
+      }));
+
+    it('starts a round that follows a round at once: frames that came during a round have waited already', () =>
+      withFakeTimers(async () => {
+        const runs: number[] = [];
+        let release: () => void = () => {};
+        const gated: LoadedBundle = {
+          ...bundle,
+          model: {
+            providers: ['cpu'],
+            run: async (input, count) => {
+              runs.push(count);
+              if (runs.length === 1) await new Promise<void>((resolve) => (release = resolve));
+              return bundle.model.run(input, count);
+            },
+            dispose: async () => {},
+          },
+        };
+        const { cameras, scheduler } = camerasSharing(gated, 50, ['a', 'b']);
+        const [a, b] = cameras as [TestCamera, TestCamera];
+        a.queue.push(frame(1));
+        scheduler.wake();
+        await vi.advanceTimersByTimeAsync(50);
+        expect(runs).toEqual([1]); // the first round is running (held)
+        a.queue.push(frame(2));
+        b.queue.push(frame(2));
+        scheduler.wake();
+        release();
+        await turns();
+        expect(runs).toEqual([1, 2]); // no second window
+        expect(a.scores.map((s) => s.seq)).toEqual([1, 2]);
+        expect(b.scores.map((s) => s.seq)).toEqual([2]);
+      }));
+
+    it('does not hold frames when only one camera is scored: no other camera can join its run', () =>
+      withFakeTimers(async () => {
+        const runs: number[] = [];
+        const { cameras, scheduler } = camerasSharing(countingBundle(runs), 200, ['only']);
+        const camera = cameras[0]!;
+        camera.queue.push(frame(1));
+        scheduler.wake();
+        await turns();
+        expect(runs).toEqual([1]);
+        expect(camera.scores.map((s) => s.seq)).toEqual([1]);
+      }));
+
+    it('stop() does not wait out an open window: the frames taken so far are scored at once and no round follows', () =>
+      withFakeTimers(async () => {
+        const runs: number[] = [];
+        const { cameras, scheduler } = camerasSharing(countingBundle(runs), 500, ['a', 'b']);
+        const [a, b] = cameras as [TestCamera, TestCamera];
+        a.queue.push(frame(1));
+        scheduler.wake();
+        await vi.advanceTimersByTimeAsync(10);
+        let stopped = false;
+        void scheduler.stop().then(() => (stopped = true));
+        await turns();
+        expect(stopped).toBe(true);
+        expect(runs).toEqual([1]);
+        expect(a.scores.map((s) => s.seq)).toEqual([1]);
+        // Nothing runs after stop(), window or not.
+        b.queue.push(frame(1));
+        scheduler.wake();
+        await vi.advanceTimersByTimeAsync(600);
+        expect(runs).toEqual([1]);
+        expect(vi.getTimerCount()).toBe(0);
+      }));
+  });
 });
