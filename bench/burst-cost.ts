@@ -12,10 +12,15 @@
  * ratio says how much of it this machine charges for work that comes alone, which batches of frames
  * would not pay (and another machine may not).
  *
+ * Beside it, what this machine charges for entering the kernel, which work that comes alone meets
+ * more often (a wake-up, a read, a fresh page): one fstat() from JS, and the first touch of a page of
+ * freshly mapped memory (a page fault). A virtual machine can charge many times what bare metal does.
+ *
  *   node dist-bench/bench/burst-cost.js [--gap-ms 12.5] [--frames 300] [--rounds 4]
  *     [--model models/demo] [--variant int8] [--video assets/demo/bottle-detection.mp4] [--out docs/benchmarks/burst-cost.json]
  */
 import { execFileSync } from 'node:child_process';
+import { closeSync, fstatSync, openSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -76,6 +81,31 @@ function videoFrames(video: string, bundle: LoadedBundle): Uint8Array[] {
   return frames;
 }
 
+/** Median of three samples each: one fstat() from JS, and the first write to each 4 KiB page of a fresh 64 MiB buffer. */
+function kernelEntryCosts(): { fstatUs: number; pageFaultUs: number } {
+  const fd = openSync('/dev/null', 'r');
+  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+  try {
+    const fstats: number[] = [];
+    const faults: number[] = [];
+    for (let sample = 0; sample < 3; sample++) {
+      const calls = 20_000;
+      let began = performance.now();
+      for (let i = 0; i < calls; i++) fstatSync(fd);
+      fstats.push(((performance.now() - began) * 1000) / calls);
+      // Far above glibc's mmap threshold: the buffer comes straight from mmap, untouched, so each first write faults.
+      const bytes = 64 * 2 ** 20;
+      const pages = new Uint8Array(new ArrayBuffer(bytes));
+      began = performance.now();
+      for (let i = 0; i < bytes; i += 4096) pages[i] = 1;
+      faults.push(((performance.now() - began) * 1000) / (bytes / 4096));
+    }
+    return { fstatUs: round(median(fstats), 2)!, pageFaultUs: round(median(faults), 2)! };
+  } finally {
+    closeSync(fd);
+  }
+}
+
 const WORKS = ['inference', 'scoring', 'both'] as const;
 type Work = (typeof WORKS)[number];
 const CONDITIONS = ['back to back', 'spaced, asleep between', 'spaced, spinning between'] as const;
@@ -118,6 +148,8 @@ async function main(): Promise<void> {
       'spaced, spinning between': () => spin(settings.gapMs),
     };
     for (const kind of WORKS) for (let i = 0; i < 200; i++) await work[kind](i);
+    const kernelEntries = kernelEntryCosts();
+    console.log(`kernel entries: fstat() ${kernelEntries.fstatUs} us, a page fault ${kernelEntries.pageFaultUs} us`);
 
     const cpuMs: Record<string, number[]> = {};
     for (let r = 0; r < settings.rounds; r++) {
@@ -157,6 +189,7 @@ async function main(): Promise<void> {
       machine: { nproc: os.availableParallelism(), cpuModel: os.cpus()[0]?.model ?? 'unknown', kernel: os.release(), node: process.version, loadAverageAtStart: os.loadavg().map((v) => round(v, 2)) },
       setup: { ...settings, videoFrames: frames.length, modelInput: `${width}x${height}`, onnxThreads: 1 },
       results: rows,
+      kernelEntries,
     };
     console.log(
       markdownTable(
@@ -177,6 +210,7 @@ interface Report {
   measuredAt: string;
   command: string;
   machine: { nproc: number; cpuModel: string; kernel: string; node: string; loadAverageAtStart: Figure[] };
+  kernelEntries: { fstatUs: number; pageFaultUs: number };
 }
 
 interface Row {
@@ -204,6 +238,8 @@ function markdown(result: Report, rows: Row[], jsonName: string, settings: Setti
       ['work', 'back to back', `one every ${settings.gapMs} ms, asleep between`, `one every ${settings.gapMs} ms, spinning between`],
       rows.map((row) => [row.work, `${row.backToBackMs} ms`, `${row.spacedAsleepMs} ms (${row.spacedAsleepRatio}x)`, `${row.spacedSpinningMs} ms (${row.spacedSpinningRatio}x)`]),
     ),
+    '',
+    `What this machine charges for entering the kernel (median of three samples): one \`fstat()\` from JS ${result.kernelEntries.fstatUs} µs; the first write to a page of freshly mapped memory (a page fault, 4 KiB) ${result.kernelEntries.pageFaultUs} µs. Work that comes alone meets more of these (the wake-up, the reads, fresh pages) and finds caches and TLB cold after them; on bare metal both are commonly about a microsecond or less (not measured here).`,
     '',
     "The agent's CPU per analysed frame ([capacity.md](capacity.md), [agent-load.md](agent-load.md)) is paid at the spaced rate, plus the reading of frames, events and publishing. The same work in batches (several frames per round) costs nearer the back-to-back figure; whether another machine charges as much for work that comes alone, this benchmark run there says.",
     '',
