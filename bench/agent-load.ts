@@ -666,7 +666,9 @@ function markdownSummary(summary: Summary, jsonName: string): string {
   return [
     '# Agent load benchmark',
     '',
-    `Measured ${summary.measuredAt} with \`node dist-bench/bench/agent-load.js --cameras ${setup.cameras} --fps ${setup.fps} --duration-s ${setup.durationS}${setup.brokerTcpNoDelay ? ' --no-delay' : ''}\`` +
+    `Measured ${summary.measuredAt} with \`node dist-bench/bench/agent-load.js --cameras ${setup.cameras} --fps ${setup.fps} --duration-s ${setup.durationS}${setup.brokerTcpNoDelay ? ' --no-delay' : ''}${Object.entries(setup.agentEnvironment)
+      .map(([key, value]) => ` --agent-env ${key}=${value}`)
+      .join('')}\`` +
       ` (all figures and the per-second samples: [${jsonName}](${jsonName})).`,
     '',
     '## Setup',
