@@ -57,9 +57,9 @@ function parseSettings(argv: string[]): Settings {
     },
   });
   return {
-    gapMs: positiveNumber('--gap-ms', values['gap-ms']!),
-    frames: Math.round(positiveNumber('--frames', values.frames!)),
-    rounds: Math.round(positiveNumber('--rounds', values.rounds!)),
+    gapMs: positiveNumber('gap-ms', values['gap-ms']!),
+    frames: Math.round(positiveNumber('frames', values.frames!)),
+    rounds: Math.round(positiveNumber('rounds', values.rounds!)),
     ...modelAndVideo(values),
     out: values.out!,
   };
