@@ -496,7 +496,7 @@ export const ConfigFileSchema = z
           .max(1000)
           .default(0)
           .describe(
-            'For boxes with many cameras: how long (ms) a frame that finds inference idle waits for frames of other cameras, so one run scores several. Saves agent CPU at that much added latency (README "Many cameras on one box"). 0: no wait.',
+            'For boxes with many cameras: how long (ms) a frame that finds inference idle waits for frames of other cameras, so one run scores several. Saves agent CPU at that much added latency (README, Configuration: measured figures, and keep it well below a frame interval). 0: no wait.',
           ),
       })
       .strict()
