@@ -106,6 +106,60 @@ function kernelEntryCosts(): { fstatUs: number; pageFaultUs: number } {
   }
 }
 
+/** Batch sizes of the model-alone sweep: one frame per round, as the agent runs most rounds at 16 cameras, up to a round of every camera. */
+const BATCH_SIZES = [1, 2, 4, 8, 16] as const;
+
+/**
+ * The model alone, back to back, at each batch size: CPU ms per frame. The floor under the agent's per-frame
+ * figure that only a cheaper model lowers, and what rounds of several frames (inference.batchWindowMs) could
+ * save at most. Batch sizes alternate in rounds, like the conditions.
+ */
+async function batchSweep(bundle: LoadedBundle, images: Float32Array[], frames: number, rounds: number): Promise<{ batch: number; msPerFrame: number }[]> {
+  const perImage = images[0]!.length;
+  const inputs = new Map(BATCH_SIZES.map((batch) => {
+    const input = new Float32Array(perImage * batch);
+    for (let i = 0; i < batch; i++) input.set(images[i % images.length]!, i * perImage);
+    return [batch, input] as const;
+  }));
+  const cpuMs = new Map<number, number[]>();
+  for (const batch of BATCH_SIZES) for (let i = 0; i < 20; i++) await bundle.model.run(inputs.get(batch)!, batch);
+  for (let r = 0; r < rounds; r++) {
+    for (const batch of BATCH_SIZES) {
+      const runs = Math.max(10, Math.round(frames / batch));
+      const before = process.cpuUsage();
+      for (let i = 0; i < runs; i++) await bundle.model.run(inputs.get(batch)!, batch);
+      const used = process.cpuUsage(before);
+      const list = cpuMs.get(batch) ?? [];
+      list.push((used.user + used.system) / 1000 / (runs * batch));
+      cpuMs.set(batch, list);
+    }
+  }
+  return BATCH_SIZES.map((batch) => {
+    const list = cpuMs.get(batch)!;
+    return { batch, msPerFrame: round(list.reduce((a, b) => a + b, 0) / list.length, 3)! };
+  });
+}
+
+/**
+ * What kind of machine this is, where the kernel says: the hypervisor (a virtual machine charges for
+ * page faults, wake-ups and switches between processes what bare metal does not), from the boot log
+ * when it is readable, else systemd-detect-virt.
+ */
+function virtualisation(): string {
+  const tryRun = (command: string, args: string[]) => {
+    try {
+      return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 5000 });
+    } catch {
+      return '';
+    }
+  };
+  const hypervisor = /Hypervisor detected: (.+)/.exec(tryRun('dmesg', []))?.[1]?.trim();
+  if (hypervisor) return `virtual machine (boot log: hypervisor ${hypervisor})`;
+  const detected = tryRun('systemd-detect-virt', []).trim();
+  if (detected && detected !== 'none') return `virtualised (systemd-detect-virt: ${detected})`;
+  return detected === 'none' ? 'bare metal (systemd-detect-virt: none)' : 'unknown';
+}
+
 const WORKS = ['inference', 'scoring', 'both'] as const;
 type Work = (typeof WORKS)[number];
 const CONDITIONS = ['back to back', 'spaced, asleep between', 'spaced, spinning between'] as const;
@@ -150,6 +204,8 @@ async function main(): Promise<void> {
     for (const kind of WORKS) for (let i = 0; i < 200; i++) await work[kind](i);
     const kernelEntries = kernelEntryCosts();
     console.log(`kernel entries: fstat() ${kernelEntries.fstatUs} us, a page fault ${kernelEntries.pageFaultUs} us`);
+    const byBatch = await batchSweep(bundle, images.map((image) => image.data), settings.frames, settings.rounds);
+    console.log(`the model alone, back to back, CPU ms per frame by batch size: ${byBatch.map((row) => `${row.batch}: ${row.msPerFrame}`).join(', ')}`);
 
     const cpuMs: Record<string, number[]> = {};
     for (let r = 0; r < settings.rounds; r++) {
@@ -186,10 +242,11 @@ async function main(): Promise<void> {
       benchmark: 'burst-cost',
       measuredAt: new Date().toISOString(),
       command: `node dist-bench/bench/burst-cost.js ${process.argv.slice(2).join(' ')}`.trim(),
-      machine: { nproc: os.availableParallelism(), cpuModel: os.cpus()[0]?.model ?? 'unknown', kernel: os.release(), node: process.version, loadAverageAtStart: os.loadavg().map((v) => round(v, 2)) },
+      machine: { nproc: os.availableParallelism(), cpuModel: os.cpus()[0]?.model ?? 'unknown', kernel: os.release(), virtualisation: virtualisation(), node: process.version, loadAverageAtStart: os.loadavg().map((v) => round(v, 2)) },
       setup: { ...settings, videoFrames: frames.length, modelInput: `${width}x${height}`, onnxThreads: 1 },
       results: rows,
       kernelEntries,
+      modelAloneByBatch: byBatch,
     };
     console.log(
       markdownTable(
@@ -209,8 +266,9 @@ type Figure = number | null;
 interface Report {
   measuredAt: string;
   command: string;
-  machine: { nproc: number; cpuModel: string; kernel: string; node: string; loadAverageAtStart: Figure[] };
+  machine: { nproc: number; cpuModel: string; kernel: string; virtualisation: string; node: string; loadAverageAtStart: Figure[] };
   kernelEntries: { fstatUs: number; pageFaultUs: number };
+  modelAloneByBatch: { batch: number; msPerFrame: number }[];
 }
 
 interface Row {
@@ -229,7 +287,7 @@ function markdown(result: Report, rows: Row[], jsonName: string, settings: Setti
     '',
     `Measured ${result.measuredAt} with \`${result.command}\` (all figures, per round: [${jsonName}](${jsonName})).`,
     '',
-    `- Machine: ${machine.nproc} cores, ${machine.cpuModel}, Linux ${machine.kernel}; Node ${machine.node}. Load average at the start: ${machine.loadAverageAtStart.join(', ')}.`,
+    `- Machine: ${machine.nproc} cores, ${machine.cpuModel}, Linux ${machine.kernel}, ${machine.virtualisation}; Node ${machine.node}. Load average at the start: ${machine.loadAverageAtStart.join(', ')}.`,
     `- Work, on frames of ${path.relative(process.cwd(), settings.video)} at the model's size (grey, 5 fps), model ${path.relative(process.cwd(), settings.model)} (${settings.variant}, one onnxruntime thread): **inference** = one onnxruntime run (the graph includes the map's blur); **scoring** = the agent's per-frame JS on its outputs (FrameScorer.score and the camera-fault meter); **both** = one after the other, as a round of one frame in the agent.`,
     `- Conditions, alternating in ${settings.rounds} rounds of ${settings.frames} frames each: back to back; one every ${settings.gapMs} ms (16 cameras at 5 fps) with the thread asleep in between (a timer); the same with the thread spinning in between, so the core never idles.`,
     '- CPU ms per frame: process.cpuUsage() around each piece of work only.',
@@ -240,6 +298,15 @@ function markdown(result: Report, rows: Row[], jsonName: string, settings: Setti
     ),
     '',
     `What this machine charges for entering the kernel (median of three samples): one \`fstat()\` from JS ${result.kernelEntries.fstatUs} µs; the first write to a page of freshly mapped memory (a page fault, 4 KiB) ${result.kernelEntries.pageFaultUs} µs. Work that comes alone meets more of these (the wake-up, the reads, fresh pages) and finds caches and TLB cold after them; on bare metal both are commonly about a microsecond or less (not measured here).`,
+    '',
+    `The model alone, back to back, at each batch size (CPU ms per frame; batch sizes alternate in ${settings.rounds} rounds of about ${settings.frames} frames each):`,
+    '',
+    markdownTable(
+      result.modelAloneByBatch.map((row) => `batch ${row.batch}`),
+      [result.modelAloneByBatch.map((row) => `${row.msPerFrame} ms`)],
+    ),
+    '',
+    "Batch 1 back to back is the least this model costs a frame that is scored alone; larger batches show what rounds of several frames (`inference.batchWindowMs`) save at most.",
     '',
     "The agent's CPU per analysed frame ([capacity.md](capacity.md), [agent-load.md](agent-load.md)) is paid at the spaced rate, plus the reading of frames, events and publishing. The same work in batches (several frames per round) costs nearer the back-to-back figure; whether another machine charges as much for work that comes alone, this benchmark run there says.",
     '',
