@@ -268,8 +268,11 @@ export class SnapshotStore {
         snapshots.push({ path, name, mtimeNs: info.mtimeNs, bytes: Number(info.size) });
       }
     }
-    // Oldest first; the name breaks ties of equal timestamps so the order is stable.
-    snapshots.sort((a, b) => (a.mtimeNs === b.mtimeNs ? a.name.localeCompare(b.name) : a.mtimeNs < b.mtimeNs ? -1 : 1));
+    // Oldest first; the name breaks ties of equal timestamps so the order is stable. By code unit, not
+    // localeCompare: the order must not depend on the locale, and a collator maps about 2.6 MB of
+    // node's ICU data into the agent's resident memory for the rest of its life.
+    const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+    snapshots.sort((a, b) => (a.mtimeNs === b.mtimeNs ? byName(a.name, b.name) : a.mtimeNs < b.mtimeNs ? -1 : 1));
     return snapshots.map(({ path, bytes }) => ({ path, bytes: bytes + (originalBytes.get(path) ?? 0) }));
   }
 }

@@ -49,6 +49,16 @@ describe('SnapshotStore retention by count and disk budget', () => {
     expect(used).toBeLessThanOrEqual(1600);
   });
 
+  it('breaks a tie of equal modification times by the name, code unit by code unit, whatever the locale', async () => {
+    const root = join(dir, 'tie');
+    const cam = join(root, 'cam1');
+    // Equal times: "B..." sorts before "a..." by code unit (older, deleted first); a locale collation puts "a" first.
+    pair(cam, 'a-event', 100, 100, 50);
+    pair(cam, 'B-event', 100, 100, 50);
+    await new SnapshotStore({ dir: root, retain: 1 }).prune('cam1');
+    expect(files(cam)).toEqual(['a-event.jpg', 'a-event.original.jpg']);
+  });
+
   it('applies whichever of retain and the budget is stricter', async () => {
     const root = join(dir, 'both');
     for (let i = 0; i < 6; i++) pair(join(root, 'by-count'), `e${i}`, 100, 100, 100 - i);
