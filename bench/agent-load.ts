@@ -30,7 +30,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, parseEventWrites, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, SLOW_WRITE_MS, startMosquitto, summariseEventWrites, writeReport, type EventWrites } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, parseEventWrites, percentile, readCmdline, readMachineCpu, readProcStat, readResidentSplitBytes, readRssBytes, round, setClientNoDelay, sleep, slope, SLOW_WRITE_MS, startMosquitto, summariseEventWrites, writeReport, type EventWrites } from './measure.js';
 import { freePort, spawnAgent } from './net.js';
 import { modelAndVideo } from './options.js';
 
@@ -237,6 +237,9 @@ interface Sample {
   /** Seconds since the agent started streaming on every camera. */
   t: number;
   rssMb: number | undefined;
+  /** RSS's anonymous pages (the agent's own memory) and its file-backed pages (code and data of node and the libraries). */
+  rssAnonMb: number | undefined;
+  rssFileMb: number | undefined;
   agentCpuS: number;
   ffmpegCpuS: number;
   ffmpegProcesses: number;
@@ -389,6 +392,10 @@ async function run(settings: BenchSettings) {
       const sample: Sample = {
         t: (performance.now() - origin) / 1000,
         rssMb: (readRssBytes(pid) ?? NaN) / 2 ** 20,
+        ...(() => {
+          const split = readResidentSplitBytes(pid);
+          return { rssAnonMb: split && split.anon / 2 ** 20, rssFileMb: split && split.file / 2 ** 20 };
+        })(),
         agentCpuS: readProcStat(pid)?.cpuS ?? NaN,
         ffmpegCpuS: ffmpegLedger.totalS,
         ffmpegProcesses: ffmpegs.length,
@@ -563,6 +570,13 @@ function summarise(input: SummaryInput) {
       rssEndMb: round(last.rssMb),
       rssSlopeMbPerMinute: round(rssSlope, 2),
       rssSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.rssMb, secondHalfS), 2),
+      rssAnonAfterWarmUpMb: round(warm.rssAnonMb),
+      rssAnonPeakMb: round(Math.max(...samples.map((sample) => sample.rssAnonMb ?? Number.NaN).filter(Number.isFinite))),
+      rssAnonEndMb: round(last.rssAnonMb),
+      rssAnonSlopeMbPerMinute: round(slopeOf((s) => s.rssAnonMb, settings.warmUpS), 2),
+      rssFileAfterWarmUpMb: round(warm.rssFileMb),
+      rssFileEndMb: round(last.rssFileMb),
+      rssFileSlopeMbPerMinute: round(slopeOf((s) => s.rssFileMb, settings.warmUpS), 2),
       heapUsedSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.heapUsedMb, secondHalfS), 2),
       heapTotalSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.heapTotalMb, secondHalfS), 2),
       externalSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.externalMb, secondHalfS), 2),
@@ -599,6 +613,8 @@ function summarise(input: SummaryInput) {
     samples: samples.map((s) => ({
       t: round(s.t, 2),
       rssMb: round(s.rssMb),
+      rssAnonMb: round(s.rssAnonMb),
+      rssFileMb: round(s.rssFileMb),
       heapUsedMb: round(s.heapUsedMb),
       heapTotalMb: round(s.heapTotalMb),
       externalMb: round(s.externalMb),
@@ -717,6 +733,9 @@ function markdownSummary(summary: Summary, jsonName: string): string {
     ),
     '',
     `RSS at each minute: ${memory.rssByMinuteMb.map((mb) => `${mb}`).join(', ')} MB.`,
+    '',
+    `Of RSS, anonymous pages (the agent's own memory: heaps, buffers): ${memory.rssAnonAfterWarmUpMb} MB after warm-up, peak ${memory.rssAnonPeakMb} MB, end ${memory.rssAnonEndMb} MB, slope ${memory.rssAnonSlopeMbPerMinute} MB/min after warm-up. ` +
+      `File-backed pages (code and read-only data of node, onnxruntime, libvips and the other libraries; shared with any process that maps the same files, and dropped by the kernel under memory pressure without a write): ${memory.rssFileAfterWarmUpMb} MB after warm-up, ${memory.rssFileEndMb} MB at the end, slope ${memory.rssFileSlopeMbPerMinute} MB/min.`,
     '',
     `Second half of the run (from ${round(summary.setup.durationS! / 2, 0)} s): RSS slope ${memory.rssSlopeSecondHalfMbPerMinute} MB/min, V8 heap used ${memory.heapUsedSlopeSecondHalfMbPerMinute} MB/min` +
       ` (${memory.heapUsedEndMb} MB at the end), V8 heap committed ${memory.heapTotalSlopeSecondHalfMbPerMinute} MB/min (${memory.heapTotalEndMb} MB at the end), external memory ${memory.externalSlopeSecondHalfMbPerMinute} MB/min (${memory.externalEndMb} MB at the end).`,

@@ -46,6 +46,27 @@ export function readRssBytes(pid: number): number | undefined {
   }
 }
 
+/**
+ * Resident memory split as the kernel counts it (/proc/<pid>/status): anonymous pages (the heaps, the
+ * process's own data) and file-backed pages (the code and read-only data of node and the native
+ * libraries, shared with other processes that map the same files and dropped by the kernel under memory
+ * pressure without writing anything). RSS is their sum plus shared memory.
+ */
+export function readResidentSplitBytes(pid: number): { anon: number; file: number } | undefined {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const field = (name: string) => {
+      const match = new RegExp(`^${name}:\\s+(\\d+)\\s+kB`, 'm').exec(status);
+      return match ? Number(match[1]) * 1024 : undefined;
+    };
+    const anon = field('RssAnon');
+    const file = field('RssFile');
+    return anon === undefined || file === undefined ? undefined : { anon, file };
+  } catch {
+    return undefined;
+  }
+}
+
 export function childrenOf(ppid: number): ProcStat[] {
   const children: ProcStat[] = [];
   for (const entry of readdirSync('/proc')) {
