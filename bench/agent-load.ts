@@ -389,13 +389,12 @@ async function run(settings: BenchSettings) {
       }
       const machineCpu = readMachineCpu();
       const metrics = await fetchAgentMetrics(healthUrl);
+      const resident = readResidentSplitBytes(pid);
       const sample: Sample = {
         t: (performance.now() - origin) / 1000,
         rssMb: (readRssBytes(pid) ?? NaN) / 2 ** 20,
-        ...(() => {
-          const split = readResidentSplitBytes(pid);
-          return { rssAnonMb: split && split.anon / 2 ** 20, rssFileMb: split && split.file / 2 ** 20 };
-        })(),
+        rssAnonMb: resident && resident.anon / 2 ** 20,
+        rssFileMb: resident && resident.file / 2 ** 20,
         agentCpuS: readProcStat(pid)?.cpuS ?? NaN,
         ffmpegCpuS: ffmpegLedger.totalS,
         ffmpegProcesses: ffmpegs.length,
@@ -477,6 +476,12 @@ interface SummaryInput {
   shutdown: { exitCode: number | null; signal: string | null; exitedWithinS: number | null; eventEndsOnShutdown: number; ffmpegLeftRunning: number; logTail?: string };
   baseline: Baseline;
   warnings: string[];
+}
+
+/** The largest finite value, or undefined when there is none (the agent's /proc entry could not be read). */
+function maxOf(values: (number | undefined)[]): number | undefined {
+  const finite = values.filter((value): value is number => value !== undefined && Number.isFinite(value));
+  return finite.length === 0 ? undefined : Math.max(...finite);
 }
 
 function summarise(input: SummaryInput) {
@@ -571,7 +576,7 @@ function summarise(input: SummaryInput) {
       rssSlopeMbPerMinute: round(rssSlope, 2),
       rssSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.rssMb, secondHalfS), 2),
       rssAnonAfterWarmUpMb: round(warm.rssAnonMb),
-      rssAnonPeakMb: round(Math.max(...samples.map((sample) => sample.rssAnonMb ?? Number.NaN).filter(Number.isFinite))),
+      rssAnonPeakMb: round(maxOf(samples.map((sample) => sample.rssAnonMb))),
       rssAnonEndMb: round(last.rssAnonMb),
       rssAnonSlopeMbPerMinute: round(slopeOf((s) => s.rssAnonMb, settings.warmUpS), 2),
       rssFileAfterWarmUpMb: round(warm.rssFileMb),

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseEventWrites, summariseEventWrites } from '../../bench/measure.js';
+import { parseEventWrites, readResidentSplitBytes, readRssBytes, summariseEventWrites } from '../../bench/measure.js';
 import { AgentMetrics } from '../../src/health/metrics.js';
 
 describe('the benchmarks read linewatch_event_write_seconds from /metrics', () => {
@@ -23,5 +23,23 @@ describe('the benchmarks read linewatch_event_write_seconds from /metrics', () =
   it('says nothing for an agent without the histogram', () => {
     expect(parseEventWrites('linewatch_frames_in_total{camera="a"} 3\n')).toBeUndefined();
     expect(summariseEventWrites(undefined)).toBeNull();
+  });
+});
+
+describe('the benchmarks split resident memory into anonymous and file-backed pages', () => {
+  it("adds up to the process's RSS, with node's code among the file-backed pages", () => {
+    const before = readRssBytes(process.pid)!;
+    const split = readResidentSplitBytes(process.pid)!;
+    const after = readRssBytes(process.pid)!;
+    // node's own binary alone maps tens of MB of code; the heaps are anonymous.
+    expect(split.file).toBeGreaterThan(10 * 2 ** 20);
+    expect(split.anon).toBeGreaterThan(10 * 2 ** 20);
+    // RSS is anon + file + shared memory (none here); read apart, so allow what the process allocated between the reads.
+    expect(split.anon + split.file).toBeGreaterThanOrEqual(Math.min(before, after) - 4 * 2 ** 20);
+    expect(split.anon + split.file).toBeLessThanOrEqual(Math.max(before, after) + 4 * 2 ** 20);
+  });
+
+  it('says nothing for a process that is gone', () => {
+    expect(readResidentSplitBytes(2 ** 22 + 1)).toBeUndefined();
   });
 });
