@@ -339,12 +339,23 @@ interface Sample {
 async function runStep(settings: Settings, cameras: number, videos: readonly string[], workRoot: string) {
   const workDir = mkdtempSync(path.join(workRoot, `step-${cameras}-`));
   const broker = await startMosquitto(workDir, { noDelay: settings.noDelay });
-  const subscription = await subscribe(broker.url, settings.noDelay);
-  const healthPort = await freePort();
-  const healthUrl = `http://127.0.0.1:${healthPort}`;
-  const configFile = path.join(workDir, 'linewatch.yaml');
-  writeFileSync(configFile, toYaml(agentConfig(settings, cameras, broker.url, healthPort, path.join(workDir, 'data'), videos)));
-  const agent = spawnAgent(settings, configFile, path.join(workDir, 'agent.log'));
+  let subscription: Awaited<ReturnType<typeof subscribe>> | undefined;
+  let agent: ReturnType<typeof spawnAgent>;
+  let healthUrl: string;
+  try {
+    subscription = await subscribe(broker.url, settings.noDelay);
+    const healthPort = await freePort();
+    healthUrl = `http://127.0.0.1:${healthPort}`;
+    const configFile = path.join(workDir, 'linewatch.yaml');
+    writeFileSync(configFile, toYaml(agentConfig(settings, cameras, broker.url, healthPort, path.join(workDir, 'data'), videos)));
+    agent = spawnAgent(settings, configFile, path.join(workDir, 'agent.log'));
+  } catch (error) {
+    // A step that cannot start (no unit file to read, no free port) must not leave its broker running.
+    await subscription?.close().catch(() => undefined);
+    broker.child.kill('SIGTERM');
+    rmSync(workDir, { recursive: true, force: true });
+    throw error;
+  }
   const pid = agent.child.pid!;
   const ffmpegLedger = new CpuLedger();
   let commands: string[][] = [];
