@@ -30,7 +30,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, parseEventWrites, percentile, readCmdline, readMachineCpu, readProcStat, readResidentSplitBytes, readRssBytes, round, setClientNoDelay, sleep, slope, SLOW_WRITE_MS, startMosquitto, summariseEventWrites, writeReport, type EventWrites } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, parseEventWrites, percentile, readCmdline, readMachineCpu, readProcStat, readResidentBytes, round, setClientNoDelay, sleep, slope, SLOW_WRITE_MS, startMosquitto, summariseEventWrites, writeReport, type EventWrites } from './measure.js';
 import { freePort, spawnAgent } from './net.js';
 import { modelAndVideo } from './options.js';
 
@@ -389,12 +389,13 @@ async function run(settings: BenchSettings) {
       }
       const machineCpu = readMachineCpu();
       const metrics = await fetchAgentMetrics(healthUrl);
-      const resident = readResidentSplitBytes(pid);
+      const resident = readResidentBytes(pid);
+      const mib = (bytes: number | undefined) => (bytes === undefined ? undefined : bytes / 2 ** 20);
       const sample: Sample = {
         t: (performance.now() - origin) / 1000,
-        rssMb: (readRssBytes(pid) ?? NaN) / 2 ** 20,
-        rssAnonMb: resident && resident.anon / 2 ** 20,
-        rssFileMb: resident && resident.file / 2 ** 20,
+        rssMb: (resident?.rss ?? NaN) / 2 ** 20,
+        rssAnonMb: mib(resident?.anon),
+        rssFileMb: mib(resident?.file),
         agentCpuS: readProcStat(pid)?.cpuS ?? NaN,
         ffmpegCpuS: ffmpegLedger.totalS,
         ffmpegProcesses: ffmpegs.length,
@@ -498,7 +499,6 @@ function summarise(input: SummaryInput) {
   const machineBusy = last.machineBusyS - warm.machineBusyS;
   const machineCapacity = last.machineTotalS - warm.machineTotalS;
 
-  const rss = samples.map((sample) => sample.rssMb).filter((value): value is number => value !== undefined && Number.isFinite(value));
   // Per minute, over the samples from `fromS` on: after the warm-up (the target), and over the second half (a settling
   // heap shows a slope early that is gone late; a leak keeps it).
   const slopeOf = (pick: (sample: Sample) => number | undefined, fromS: number) =>
@@ -571,7 +571,7 @@ function summarise(input: SummaryInput) {
     memory: {
       rssStartMb: round(first.rssMb),
       rssAfterWarmUpMb: round(warm.rssMb),
-      rssPeakMb: round(Math.max(...rss)),
+      rssPeakMb: round(maxOf(samples.map((sample) => sample.rssMb))),
       rssEndMb: round(last.rssMb),
       rssSlopeMbPerMinute: round(rssSlope, 2),
       rssSlopeSecondHalfMbPerMinute: round(slopeOf((s) => s.rssMb, secondHalfS), 2),

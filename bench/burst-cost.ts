@@ -81,10 +81,12 @@ function videoFrames(video: string, bundle: LoadedBundle): Uint8Array[] {
   return frames;
 }
 
+const mean = (values: readonly number[]) => values.reduce((a, b) => a + b, 0) / values.length;
+const median = (values: readonly number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+
 /** Median of three samples each: one fstat() from JS, and the first write to each 4 KiB page of a fresh 64 MiB buffer. */
 function kernelEntryCosts(): { fstatUs: number; pageFaultUs: number } {
   const fd = openSync('/dev/null', 'r');
-  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
   try {
     const fstats: number[] = [];
     const faults: number[] = [];
@@ -134,10 +136,7 @@ async function batchSweep(bundle: LoadedBundle, images: Float32Array[], frames: 
       cpuMs.set(batch, list);
     }
   }
-  return BATCH_SIZES.map((batch) => {
-    const list = cpuMs.get(batch)!;
-    return { batch, msPerFrame: round(list.reduce((a, b) => a + b, 0) / list.length, 3)! };
-  });
+  return BATCH_SIZES.map((batch) => ({ batch, msPerFrame: round(mean(cpuMs.get(batch)!), 3)! }));
 }
 
 /**
@@ -224,7 +223,6 @@ async function main(): Promise<void> {
       }
       console.log(`round ${r + 1} of ${settings.rounds} done`);
     }
-    const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
     const rows = WORKS.map((kind) => {
       const of = (condition: Condition) => mean(cpuMs[`${kind}|${condition}`]!);
       const base = of('back to back');

@@ -37,34 +37,33 @@ export function readProcStat(pid: number): ProcStat | undefined {
   return { pid, comm, ppid: Number(fields[1]), cpuS: (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_S };
 }
 
-export function readRssBytes(pid: number): number | undefined {
+/** Fields of /proc/<pid>/status given in kB, as bytes, from one read; undefined when the process is gone. */
+function statusBytes(pid: number, names: readonly string[]): (number | undefined)[] | undefined {
+  let status: string;
   try {
-    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return match ? Number(match[1]) * 1024 : undefined;
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
   } catch {
     return undefined;
   }
+  return names.map((name) => {
+    const match = new RegExp(`^${name}:\\s+(\\d+)\\s+kB`, 'm').exec(status);
+    return match ? Number(match[1]) * 1024 : undefined;
+  });
+}
+
+export function readRssBytes(pid: number): number | undefined {
+  return statusBytes(pid, ['VmRSS'])?.[0];
 }
 
 /**
- * Resident memory split as the kernel counts it (/proc/<pid>/status): anonymous pages (the heaps, the
- * process's own data) and file-backed pages (the code and read-only data of node and the native
- * libraries, shared with other processes that map the same files and dropped by the kernel under memory
- * pressure without writing anything). RSS is their sum plus shared memory.
+ * Resident memory and its split as the kernel counts it (/proc/<pid>/status), from one read: anonymous
+ * pages (the heaps, the process's own data) and file-backed pages (the code and read-only data of node
+ * and the native libraries, shared with other processes that map the same files and dropped by the
+ * kernel under memory pressure without writing anything). RSS is their sum plus shared memory.
  */
-export function readResidentSplitBytes(pid: number): { anon: number; file: number } | undefined {
-  try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const field = (name: string) => {
-      const match = new RegExp(`^${name}:\\s+(\\d+)\\s+kB`, 'm').exec(status);
-      return match ? Number(match[1]) * 1024 : undefined;
-    };
-    const anon = field('RssAnon');
-    const file = field('RssFile');
-    return anon === undefined || file === undefined ? undefined : { anon, file };
-  } catch {
-    return undefined;
-  }
+export function readResidentBytes(pid: number): { rss: number | undefined; anon: number | undefined; file: number | undefined } | undefined {
+  const fields = statusBytes(pid, ['VmRSS', 'RssAnon', 'RssFile']);
+  return fields && { rss: fields[0], anon: fields[1], file: fields[2] };
 }
 
 export function childrenOf(ppid: number): ProcStat[] {

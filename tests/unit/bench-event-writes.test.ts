@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseEventWrites, readResidentSplitBytes, readRssBytes, summariseEventWrites } from '../../bench/measure.js';
+import { parseEventWrites, readResidentBytes, readRssBytes, summariseEventWrites } from '../../bench/measure.js';
 import { AgentMetrics } from '../../src/health/metrics.js';
 
 describe('the benchmarks read linewatch_event_write_seconds from /metrics', () => {
@@ -29,17 +29,19 @@ describe('the benchmarks read linewatch_event_write_seconds from /metrics', () =
 describe('the benchmarks split resident memory into anonymous and file-backed pages', () => {
   it("adds up to the process's RSS, with node's code among the file-backed pages", () => {
     const before = readRssBytes(process.pid)!;
-    const split = readResidentSplitBytes(process.pid)!;
+    const split = readResidentBytes(process.pid)!;
     const after = readRssBytes(process.pid)!;
     // node's own binary alone maps tens of MB of code; the heaps are anonymous.
     expect(split.file).toBeGreaterThan(10 * 2 ** 20);
     expect(split.anon).toBeGreaterThan(10 * 2 ** 20);
+    expect(split.rss).toBeGreaterThan(20 * 2 ** 20);
     // RSS is anon + file + shared memory (none here); read apart, so allow what the process allocated between the reads.
-    expect(split.anon + split.file).toBeGreaterThanOrEqual(Math.min(before, after) - 4 * 2 ** 20);
-    expect(split.anon + split.file).toBeLessThanOrEqual(Math.max(before, after) + 4 * 2 ** 20);
+    expect(split.anon! + split.file!).toBeGreaterThanOrEqual(Math.min(before, after) - 4 * 2 ** 20);
+    expect(split.anon! + split.file!).toBeLessThanOrEqual(Math.max(before, after) + 4 * 2 ** 20);
   });
 
   it('says nothing for a process that is gone', () => {
-    expect(readResidentSplitBytes(2 ** 22 + 1)).toBeUndefined();
+    expect(readResidentBytes(2 ** 22 + 1)).toBeUndefined();
+    expect(readRssBytes(2 ** 22 + 1)).toBeUndefined();
   });
 });
