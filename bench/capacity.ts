@@ -16,7 +16,11 @@
  *   node dist-bench/bench/capacity.js [--steps 4,8,16,24,32,40,48,56,64] [--step-s 60] [--warm-up-s 15]
  *     [--floor-s 15] [--fps 5] [--latency-p99-ms 50] [--all-steps] [--out docs/benchmarks/capacity.json]
  *     [--model models/demo] [--variant int8] [--video assets/demo/bottle-detection.mp4] [--agent bin/linewatch.js]
- *     [--decode-threads N] [--no-snapshots] [--no-delay] [--batch-window-ms MS]
+ *     [--decode-threads N] [--no-snapshots] [--no-delay] [--batch-window-ms MS] [--first-s S]
+ *
+ * --first-s: loop only the video's first S seconds (re-encoded at the source's size, rate and bit rate). With the
+ * demo video, 4.5 is the normal scene the demo model learned: a line with no anomaly, so no events, snapshots or
+ * event writes, and the step measures what a frame costs on a quiet line.
  *
  * --no-delay: mosquitto with `set_tcp_nodelay true` and TCP_NODELAY on the subscriber (see
  * bench/agent-load.ts: the stock broker's Nagle delays are the broker's, not the agent's).
@@ -56,6 +60,8 @@ interface Settings {
   model: string;
   variant: 'int8' | 'fp32';
   video: string;
+  /** Loop only the video's first this many seconds; undefined: the whole video. */
+  firstS: number | undefined;
   agent: string;
   /** ffmpeg decoder threads per camera (`decodeThreads`); undefined: the agent's default (slice threads only). */
   decodeThreads: number | undefined;
@@ -93,6 +99,7 @@ function parseSettings(argv: string[]): Settings {
       agent: { type: 'string', default: 'bin/linewatch.js' },
       'decode-threads': { type: 'string' },
       'batch-window-ms': { type: 'string', default: '0' },
+      'first-s': { type: 'string' },
       'no-snapshots': { type: 'boolean', default: false },
       'agent-node-flags': { type: 'string', default: '' },
       'keep-logs': { type: 'string' },
@@ -119,6 +126,7 @@ function parseSettings(argv: string[]): Settings {
     model,
     variant,
     video,
+    firstS: values['first-s'] === undefined ? undefined : positiveNumber('first-s', values['first-s']),
     agent,
     decodeThreads: values['decode-threads'] === undefined ? undefined : positiveNumber('decode-threads', values['decode-threads']),
     snapshots: !values['no-snapshots'],
@@ -289,6 +297,15 @@ function rotatedVideos(video: string, dir: string, most = 8): string[] {
     }
   }
   return videos;
+}
+
+/** The video's first `seconds`, re-encoded with libx264 at the source's bit rate (its size and rate kept): a cut at a non-key frame needs new key frames. */
+function firstSeconds(video: string, seconds: number, dir: string): string {
+  const clip = path.join(dir, 'first.mp4');
+  const probed = execFileSync('ffprobe', ['-v', 'error', '-select_streams', 'v:0', '-show_entries', 'stream=bit_rate', '-of', 'csv=p=0', video], { encoding: 'utf8' }).trim();
+  const bitRate = Number(probed) > 0 ? ['-b:v', probed] : [];
+  execFileSync('ffmpeg', ['-v', 'error', '-y', '-i', video, '-t', String(seconds), '-an', '-c:v', 'libx264', ...bitRate, '-pix_fmt', 'yuv420p', clip]);
+  return clip;
 }
 
 function spawnAgent(settings: Settings, configFile: string, logFile: string) {
@@ -510,12 +527,15 @@ function summary(settings: Settings, machine: ReturnType<typeof machineFacts>, s
       (settings.allSteps ? ' --all-steps' : '') +
       (settings.snapshots ? '' : ' --no-snapshots') +
       (settings.noDelay ? ' --no-delay' : '') +
+      (settings.video !== path.resolve('assets/demo/bottle-detection.mp4') ? ` --video ${settings.video}` : '') +
+      (settings.firstS !== undefined ? ` --first-s ${settings.firstS}` : '') +
       // Another build or bundle (an A/B against an older agent) must show in the command line too.
       (settings.agent !== path.resolve('bin/linewatch.js') ? ` --agent ${settings.agent}` : '') +
       (settings.model !== path.resolve('models/demo') ? ` --model ${settings.model}` : ''),
     machine,
     setup: {
       video: path.relative(process.cwd(), settings.video) || settings.video,
+      firstS: settings.firstS ?? null,
       model: path.relative(process.cwd(), settings.model) || settings.model,
       variant: settings.variant,
       fps: settings.fps,
@@ -546,7 +566,7 @@ function markdown(result: Summary, jsonName: string): string {
     `Measured ${result.measuredAt} with \`${result.command}\`${result.complete ? '' : ' (interrupted: partial)'} (all figures: [${jsonName}](${jsonName})).`,
     '',
     `- Machine: ${machine.nproc} cores, ${machine.cpuModel}, ${machine.memoryGb} GiB, Linux ${machine.kernel}; Node ${machine.node}; ${machine.ffmpeg}; ${machine.mosquitto}. Load average at the start: ${machine.loadAverageAtStart.join(', ')}.`,
-    `- Each step: a fresh \`linewatch run\` with N cameras, each ${setup.video} (640x360 H.264, 29.97 fps) as a looped file at native speed (the cameras spread over copies of it rotated to start at each key frame, so that their events do not coincide); analysed at ${setup.fps} fps; model ${setup.model} (${setup.variant}); snapshots ${setup.snapshots ? 'on' : 'off'}, health page on; ffmpeg decoder threads: ${setup.decodeThreads ?? "the agent's default (slice threads only)"}; inference batch window: ${setup.batchWindowMs ? `${setup.batchWindowMs} ms` : 'none (the default)'}; mosquitto on loopback (${setup.brokerTcpNoDelay ? '`set_tcp_nodelay true`' : 'stock settings: Nagle on its sockets'}), an mqtt.js subscriber on the events${setup.brokerTcpNoDelay ? ' (TCP_NODELAY)' : ''}; the agent sets TCP_NODELAY on its own connection.`,
+    `- Each step: a fresh \`linewatch run\` with N cameras, each ${setup.video}${setup.firstS === null ? '' : ` (only its first ${setup.firstS} s, re-encoded at the source's bit rate)`} (640x360 H.264, 29.97 fps) as a looped file at native speed (the cameras spread over copies of it rotated to start at each key frame, so that their events do not coincide); analysed at ${setup.fps} fps; model ${setup.model} (${setup.variant}); snapshots ${setup.snapshots ? 'on' : 'off'}, health page on; ffmpeg decoder threads: ${setup.decodeThreads ?? "the agent's default (slice threads only)"}; inference batch window: ${setup.batchWindowMs ? `${setup.batchWindowMs} ms` : 'none (the default)'}; mosquitto on loopback (${setup.brokerTcpNoDelay ? '`set_tcp_nodelay true`' : 'stock settings: Nagle on its sockets'}), an mqtt.js subscriber on the events${setup.brokerTcpNoDelay ? ' (TCP_NODELAY)' : ''}; the agent sets TCP_NODELAY on its own connection.`,
     `- ${setup.warmUpS} s warm-up, then a ${setup.stepS} s window; then the same ffmpeg command lines alone for ${setup.floorS} s (the decoding floor).`,
     `- Sustained: ${setup.sustainedMeans}.`,
     '',
@@ -585,10 +605,10 @@ async function main(): Promise<void> {
   const settings = parseSettings(process.argv.slice(2));
   const machine = machineFacts();
   const workRoot = mkdtempSync(path.join(os.tmpdir(), 'linewatch-capacity-'));
-  const videos = rotatedVideos(settings.video, workRoot);
-  console.log(`${videos.length} phase(s) of the video (rotated at its key frames)`);
   const steps: Step[] = [];
   try {
+    const videos = rotatedVideos(settings.firstS === undefined ? settings.video : firstSeconds(settings.video, settings.firstS, workRoot), workRoot);
+    console.log(`${videos.length} phase(s) of the video (rotated at its key frames)`);
     for (const cameras of settings.steps) {
       console.log(`step: ${cameras} camera(s), ${settings.warmUpS} s warm-up + ${settings.stepS} s, then ffmpeg alone ${settings.floorS} s`);
       const step = await runStep(settings, cameras, videos, workRoot);
