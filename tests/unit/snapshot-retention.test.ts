@@ -20,10 +20,13 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+/** One "now" for every file, in whole seconds: equal ages must give equal modification times, however long the writes take. */
+const NOW_S = Math.floor(Date.now() / 1000);
+
 /** A snapshot and its original of the given sizes, `ageS` seconds old (both files). */
 function pair(cameraDir: string, name: string, snapshotBytes: number, originalBytes: number, ageS: number): void {
   mkdirSync(cameraDir, { recursive: true });
-  const when = Date.now() / 1000 - ageS;
+  const when = NOW_S - ageS;
   for (const [file, bytes] of [
     [`${name}.jpg`, snapshotBytes],
     [`${name}.original.jpg`, originalBytes],
@@ -95,7 +98,7 @@ describe('SnapshotStore retention by count and disk budget', () => {
     pair(cam, 'a', 400, 400, 30);
     // An event from before originals were written: a snapshot without one.
     writeFileSync(join(cam, 'legacy.jpg'), Buffer.alloc(400, 1));
-    utimesSync(join(cam, 'legacy.jpg'), Date.now() / 1000 - 20, Date.now() / 1000 - 20);
+    utimesSync(join(cam, 'legacy.jpg'), NOW_S - 20, NOW_S - 20);
     pair(cam, 'b', 400, 400, 10);
     writeFileSync(join(cam, 'notes.txt'), Buffer.alloc(10_000, 1));
     pair(join(root, 'cam2'), 'x', 4000, 4000, 40);
