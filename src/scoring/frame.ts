@@ -2,7 +2,7 @@ import { ModelError } from '../errors.js';
 import type { ImageTensor } from '../image/tensor.js';
 import type { ScoringSettings } from './settings.js';
 import { latentNovelty } from './latent.js';
-import { gaussianBlur, ignoredPixels, pool, squaredErrorMap, ssimErrorMap, zeroIgnored, type BlurWork } from './maps.js';
+import { gaussianBlur, ignoredPixels, pool, poolPixels, squaredErrorMap, ssimErrorMap, zeroIgnored, type BlurWork, type PoolPixels } from './maps.js';
 
 export interface FrameScore {
   /** What thresholds and events use: the z-score(s) selected by `settings.scorer`. */
@@ -70,7 +70,7 @@ export class FrameScorer {
   private readonly memory: Float32Array;
   private readonly latentWhitening: { mean: Float64Array; scale: Float32Array } | undefined;
   /** Keyed by mask identity: callers pass the same, unchanged mask array for every frame of a camera. */
-  private borderCache?: { width: number; height: number; mask?: Uint8Array; ignored: Uint8Array };
+  private borderCache?: { width: number; height: number; mask?: Uint8Array; pixels: PoolPixels };
   /** Per-frame intermediate planes, reused: score() is synchronous and hands out only fresh arrays. */
   private readonly blurWork: BlurWork = {};
   private probabilityBuffer: Float32Array | undefined;
@@ -135,11 +135,11 @@ export class FrameScorer {
     const blurred = blurredMap !== undefined && this.takesBlurredMap(width, height, blurredMap)
       ? blurredMap
       : gaussianBlur(this.errorMap(input, recon, learnedMap), width, height, s.blurSigma, this.blurWork);
-    const ignored = this.ignored(width, height, ignoreMask);
+    const pixels = this.poolPixels(width, height, ignoreMask);
     if (this.poolBuffer?.length !== blurred.length) this.poolBuffer = new Float32Array(blurred.length);
-    const reconScore = pool(blurred, s.pooling, s.topkFraction, ignored, this.poolBuffer);
+    const reconScore = pool(blurred, s.pooling, s.topkFraction, pixels, this.poolBuffer);
     const latent = this.hasLatentMemory ? latentNovelty(this.toLatentSpace(mu), this.memory, this.latentDim, s.latentK) : Number.NaN;
-    return { score: this.combine(reconScore, latent), recon: reconScore, latent, map: zeroIgnored(blurred, ignored) };
+    return { score: this.combine(reconScore, latent), recon: reconScore, latent, map: zeroIgnored(blurred, pixels.ignored) };
   }
 
   /**
@@ -168,12 +168,12 @@ export class FrameScorer {
     return combineComponents(this.settings, recon, latent);
   }
 
-  private ignored(width: number, height: number, mask: Uint8Array | undefined): Uint8Array {
+  private poolPixels(width: number, height: number, mask: Uint8Array | undefined): PoolPixels {
     const cached = this.borderCache;
-    if (cached && cached.width === width && cached.height === height && cached.mask === mask) return cached.ignored;
-    const ignored = ignoredPixels(width, height, this.settings.border, mask);
-    this.borderCache = { width, height, mask, ignored };
-    return ignored;
+    if (cached && cached.width === width && cached.height === height && cached.mask === mask) return cached.pixels;
+    const pixels = poolPixels(ignoredPixels(width, height, this.settings.border, mask));
+    this.borderCache = { width, height, mask, pixels };
+    return pixels;
   }
 }
 

@@ -266,67 +266,86 @@ export function zeroIgnored(map: Float32Array, ignored: Uint8Array): Float32Arra
 }
 
 /**
+ * The pixels a map is pooled over, for a caller that pools many maps with one mask (FrameScorer: every frame of a
+ * camera): the mask (1 = left out) and the indices of the pixels it keeps, found once, so pooling reads only those.
+ */
+export interface PoolPixels {
+  readonly ignored: Uint8Array;
+  readonly kept: Int32Array;
+}
+
+export function poolPixels(ignored: Uint8Array): PoolPixels {
+  let count = 0;
+  for (let i = 0; i < ignored.length; i++) if (!ignored[i]) count++;
+  const kept = new Int32Array(count);
+  for (let i = 0, j = 0; i < ignored.length; i++) if (!ignored[i]) kept[j++] = i;
+  return { ignored, kept };
+}
+
+/**
  * One number from a map: its max, mean, or the mean of its highest `topkFraction`
  * of pixels (at least one). Pixels set in `ignored` do not count; if every pixel
- * is ignored the result is 0.
+ * is ignored the result is 0. `scratch` (optional) holds top-k's working set when it is large enough.
  */
-export function pool(map: Float32Array, mode: PoolingMode, topkFraction = 0.01, ignored?: Uint8Array, scratch?: Float32Array): number {
-  const values = ignored ? keptValues(map, ignored, scratch) : map;
-  if (values.length === 0) return 0;
+export function pool(map: Float32Array, mode: PoolingMode, topkFraction = 0.01, ignored?: Uint8Array | PoolPixels, scratch?: Float32Array): number {
+  const pixels = ignored === undefined ? poolPixels(new Uint8Array(map.length)) : ignored instanceof Uint8Array ? poolPixels(ignored) : ignored;
+  if (pixels.ignored.length !== map.length) throw new RangeError(`ignored has ${pixels.ignored.length} values, the map ${map.length}`);
+  const { kept } = pixels;
+  if (kept.length === 0) return 0;
   switch (mode) {
     case 'max': {
       let max = -Infinity;
-      for (let i = 0; i < values.length; i++) if (values[i]! > max) max = values[i]!;
+      for (let j = 0; j < kept.length; j++) if (map[kept[j]!]! > max) max = map[kept[j]!]!;
       return max;
     }
     case 'mean': {
       let sum = 0;
-      for (let i = 0; i < values.length; i++) sum += values[i]!;
-      return sum / values.length;
+      for (let j = 0; j < kept.length; j++) sum += map[kept[j]!]!;
+      return sum / kept.length;
     }
     case 'topk': {
       if (!(topkFraction > 0 && topkFraction <= 1)) throw new RangeError(`topkFraction must be in (0, 1], got ${topkFraction}`);
-      const k = Math.max(1, Math.ceil(topkFraction * values.length));
-      const work = values === map ? map.slice() : values;
-      selectKthSmallest(work, work.length - k);
+      const k = Math.max(1, Math.ceil(topkFraction * kept.length));
+      const largest = largestValues(map, kept, k, scratch !== undefined && scratch.length >= k ? scratch.subarray(0, k) : new Float32Array(k));
+      // Summed smallest first, so the result does not depend on the order the values were found in.
+      largest.sort();
       let sum = 0;
-      for (let i = work.length - k; i < work.length; i++) sum += work[i]!;
+      for (let i = 0; i < k; i++) sum += largest[i]!;
       return sum / k;
     }
   }
 }
 
-/** The values of the pixels not ignored, in `scratch` when it is large enough (its old contents are overwritten). */
-function keptValues(map: Float32Array, ignored: Uint8Array, scratch?: Float32Array): Float32Array {
-  const kept = scratch !== undefined && scratch.length >= map.length ? scratch : new Float32Array(map.length);
-  let count = 0;
-  for (let i = 0; i < map.length; i++) if (!ignored[i]) kept[count++] = map[i]!;
-  return kept.subarray(0, count);
-}
-
-/** Quickselect: reorders `a` so a[k] is the k-th smallest, smaller before it, larger after. */
-function selectKthSmallest(a: Float32Array, k: number): void {
-  let lo = 0;
-  let hi = a.length - 1;
-  while (hi > lo) {
-    const pivot = medianOfThree(a[lo]!, a[(lo + hi) >> 1]!, a[hi]!);
-    let i = lo;
-    let j = hi;
-    while (i <= j) {
-      while (a[i]! < pivot) i++;
-      while (a[j]! > pivot) j--;
-      if (i <= j) {
-        const t = a[i]!;
-        a[i] = a[j]!;
-        a[j] = t;
-        i++;
-        j--;
+/**
+ * The `k` largest of the values at `kept`, in `heap` (a min-heap: with k = 1 % of the pixels, almost every pixel is
+ * one comparison against its smallest, where quickselect copied the kept pixels and swept them several times;
+ * bench:pool times both). `heap.length` must be `k`, and `k` at most `kept.length`.
+ */
+function largestValues(map: Float32Array, kept: Int32Array, k: number, heap: Float32Array): Float32Array {
+  let size = 0;
+  for (let j = 0; j < kept.length; j++) {
+    const value = map[kept[j]!]!;
+    if (size < k) {
+      let child = size++;
+      while (child > 0) {
+        const parent = (child - 1) >> 1;
+        if (heap[parent]! <= value) break;
+        heap[child] = heap[parent]!;
+        child = parent;
       }
+      heap[child] = value;
+    } else if (value > heap[0]!) {
+      let parent = 0;
+      for (;;) {
+        let child = 2 * parent + 1;
+        if (child >= k) break;
+        if (child + 1 < k && heap[child + 1]! < heap[child]!) child++;
+        if (heap[child]! >= value) break;
+        heap[parent] = heap[child]!;
+        parent = child;
+      }
+      heap[parent] = value;
     }
-    if (k <= j) hi = j;
-    else if (k >= i) lo = i;
-    else return;
   }
+  return heap;
 }
-
-const medianOfThree = (a: number, b: number, c: number) => Math.max(Math.min(a, b), Math.min(Math.max(a, b), c));

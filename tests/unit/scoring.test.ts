@@ -4,7 +4,7 @@ import { imageTensor } from '../../src/image/tensor.js';
 import { ScoringSettingsSchema } from '../../src/model/manifest.js';
 import { componentStats, FrameScorer } from '../../src/scoring/frame.js';
 import { latentNovelty } from '../../src/scoring/latent.js';
-import { applyBorder, gaussianBlur, pool, squaredErrorMap, ssimErrorMap } from '../../src/scoring/maps.js';
+import { applyBorder, gaussianBlur, pool, poolPixels, squaredErrorMap, ssimErrorMap } from '../../src/scoring/maps.js';
 import { seededRandom as random } from '../../src/toolkit/train/random.js';
 import { texture } from '../helpers/images.js';
 
@@ -132,6 +132,32 @@ describe('applyBorder and pool', () => {
     const sorted = Array.from(map).sort((a, b) => b - a);
     const k = Math.ceil(0.01 * 4096);
     expect(pool(map, 'topk', 0.01)).toBeCloseTo(sorted.slice(0, k).reduce((a, b) => a + b) / k, 9);
+  });
+
+  it('top-k with ignored pixels and a reused scratch array matches sorting the kept values, whatever order the map is in', () => {
+    const next = random(11);
+    const scratch = new Float32Array(112 * 64).fill(1e9);
+    for (const fraction of [0.0001, 0.01, 0.05, 0.5, 1]) {
+      for (const order of ['random', 'rising', 'falling'] as const) {
+        const values = Array.from({ length: 112 * 64 }, () => Math.fround(next() < 0.2 ? Math.round(next() * 8) : next() * 8));
+        if (order !== 'random') values.sort((a, b) => (order === 'rising' ? a - b : b - a));
+        const map = Float32Array.from(values);
+        const ignored = Uint8Array.from(map, () => (next() < 0.3 ? 1 : 0));
+        const kept = Array.from(map).filter((_, i) => !ignored[i]).sort((a, b) => b - a);
+        const k = Math.max(1, Math.ceil(fraction * kept.length));
+        const expected = kept.slice(0, k).reduce((a, b) => a + b) / k;
+        expect(pool(map, 'topk', fraction, ignored, scratch), `${fraction} ${order}`).toBeCloseTo(expected, 9);
+        expect(pool(map, 'topk', fraction, ignored), `${fraction} ${order}, no scratch`).toBe(pool(map, 'topk', fraction, ignored, scratch));
+        expect(pool(map, 'max', fraction, ignored)).toBe(kept[0]);
+        // The kept pixels found once (as FrameScorer does per mask) pool the same as the mask itself.
+        const pixels = poolPixels(ignored);
+        for (const mode of ['max', 'mean', 'topk'] as const) expect(pool(map, mode, fraction, pixels, scratch)).toBe(pool(map, mode, fraction, ignored));
+      }
+    }
+  });
+
+  it('refuses an ignore mask of another size than the map', () => {
+    expect(() => pool(new Float32Array(10), 'topk', 0.1, new Uint8Array(9))).toThrow(/ignored has 9 values, the map 10/);
   });
 });
 
