@@ -30,7 +30,7 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, parseEventWrites, percentile, readCmdline, readMachineCpu, readProcStat, readResidentBytes, round, setClientNoDelay, sleep, slope, SLOW_WRITE_MS, startMosquitto, summariseEventWrites, writeReport, type EventWrites } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, parseEventWrites, percentile, readCmdline, mib, readMachineCpu, readProcStat, readResidentBytes, round, setClientNoDelay, sleep, slope, SLOW_WRITE_MS, startMosquitto, summariseEventWrites, writeReport, type EventWrites } from './measure.js';
 import { freePort, spawnAgent } from './net.js';
 import { modelAndVideo } from './options.js';
 
@@ -390,7 +390,6 @@ async function run(settings: BenchSettings) {
       const machineCpu = readMachineCpu();
       const metrics = await fetchAgentMetrics(healthUrl);
       const resident = readResidentBytes(pid);
-      const mib = (bytes: number | undefined) => (bytes === undefined ? undefined : bytes / 2 ** 20);
       const sample: Sample = {
         t: (performance.now() - origin) / 1000,
         rssMb: (resident?.rss ?? NaN) / 2 ** 20,

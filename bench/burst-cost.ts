@@ -29,7 +29,7 @@ import { formatError, UsageError } from '../src/errors.js';
 import { loadBundle, type LoadedBundle } from '../src/model/bundle.js';
 import { QualityMeter } from '../src/scoring/quality.js';
 import type { Frame } from '../src/source/index.js';
-import { markdownTable, round, sleep, writeReport } from './measure.js';
+import { markdownTable, mean, median, round, sleep, writeReport } from './measure.js';
 import { modelAndVideo, positiveNumber } from './options.js';
 import { videoFrames } from './video-frames.js';
 
@@ -64,9 +64,6 @@ function parseSettings(argv: string[]): Settings {
     out: values.out!,
   };
 }
-
-const mean = (values: readonly number[]) => values.reduce((a, b) => a + b, 0) / values.length;
-const median = (values: readonly number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 
 /** Median of three samples each: one fstat() from JS, and the first write to each 4 KiB page of a fresh 64 MiB buffer. */
 function kernelEntryCosts(): { fstatUs: number; pageFaultUs: number } {

@@ -38,11 +38,9 @@ import mqtt from 'mqtt';
 import { stringify as toYaml } from 'yaml';
 import { formatError, UsageError } from '../src/errors.js';
 import { LINEWATCH_VERSION } from '../src/version.js';
-import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, parseEventWrites, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto, summariseEventWrites, writeReport, type EventWrites } from './measure.js';
+import { childrenOf, CpuLedger, markdownTable, measureCommandsAlone, mib, parseEventWrites, percentile, readCmdline, readMachineCpu, readProcStat, readRssBytes, round, setClientNoDelay, sleep, slope, startMosquitto, summariseEventWrites, writeReport, type EventWrites } from './measure.js';
 import { freePort, unitEnvironment } from './net.js';
 import { cameraCounts, modelAndVideo, nonNegativeNumber, positiveNumber } from './options.js';
-
-const mib = (bytes: number | undefined) => (bytes === undefined ? undefined : bytes / 1024 ** 2);
 
 // ---------------------------------------------------------------- settings
 

@@ -32,6 +32,7 @@ import { OnnxModel } from '../src/model/onnx.js';
 import { evaluate } from '../src/toolkit/eval/eval.js';
 import { quantizeInt8, type QuantizeOptions } from '../src/toolkit/quantize.js';
 import { SyntheticAnomalies } from '../src/toolkit/train/synthetic.js';
+import { mean, median } from './measure.js';
 
 const run = promisify(execFile);
 const TILE_ROOT = '../shared/data/magnetic-tile';
@@ -79,7 +80,6 @@ async function timeModels(models: Map<string, Uint8Array>, frames: readonly Floa
   } finally {
     for (const session of sessions.values()) await session.dispose();
   }
-  const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
   return Object.fromEntries([...times].map(([name, v]) => [name, median(v)]));
 }
 
@@ -109,7 +109,6 @@ async function runtimeOps(bytes: Uint8Array): Promise<Record<string, number>> {
 }
 
 function pearson(a: readonly number[], b: readonly number[]): number {
-  const mean = (v: readonly number[]) => v.reduce((x, y) => x + y, 0) / v.length;
   const [ma, mb] = [mean(a), mean(b)];
   let [ab, aa, bb] = [0, 0, 0];
   a.forEach((x, i) => ((ab += (x - ma) * (b[i]! - mb)), (aa += (x - ma) ** 2), (bb += (b[i]! - mb) ** 2)));

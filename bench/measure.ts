@@ -192,6 +192,14 @@ export function slope(points: readonly { x: number; y: number }[]): number | nul
   return variance === 0 ? null : covariance / variance;
 }
 
+export const mean = (values: readonly number[]): number => values.reduce((sum, value) => sum + value, 0) / values.length;
+
+/** The middle value (the upper one of an even count). */
+export const median = (values: readonly number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+
+/** Bytes as MiB; undefined stays undefined. */
+export const mib = (bytes: number | undefined): number | undefined => (bytes === undefined ? undefined : bytes / 2 ** 20);
+
 export const round = (value: number | null | undefined, digits = 1): number | null =>
   value === null || value === undefined || !Number.isFinite(value) ? null : Math.round(value * 10 ** digits) / 10 ** digits;
 

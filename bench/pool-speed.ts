@@ -16,7 +16,7 @@ import { formatError, UsageError } from '../src/errors.js';
 import { loadBundle } from '../src/model/bundle.js';
 import { ignoredPixels, pool, poolPixels } from '../src/scoring/maps.js';
 import type { Frame } from '../src/source/index.js';
-import { markdownTable, round, writeReport } from './measure.js';
+import { markdownTable, median, round, writeReport } from './measure.js';
 import { modelAndVideo, positiveNumber } from './options.js';
 import { referenceTopk } from './reference-pool.js';
 import { videoFrames } from './video-frames.js';
@@ -82,7 +82,6 @@ async function main(): Promise<void> {
       microseconds.get(name)!.push((used.user + used.system) / (passes * maps.length));
     }
   }
-  const median = (list: readonly number[]) => [...list].sort((a, b) => a - b)[Math.floor(list.length / 2)]!;
   const rows = IMPLEMENTATIONS.map((name) => ({ implementation: name, usPerMapMedian: round(median(microseconds.get(name)!), 2), usPerMapByRound: microseconds.get(name)!.map((us) => round(us, 2)) }));
   const ratio = round(median(microseconds.get('quickselect (before)')!) / median(microseconds.get('min-heap (pool, current)')!), 2);
   const result = {
